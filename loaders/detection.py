@@ -1,0 +1,170 @@
+"""Tell what a model file holds from its tensor names and shapes: family, component, layout and prefix.
+
+Users pick a file, never a config: the loaders ask `find_component(checkpoint, component)` for the part
+they load. A file may hold several parts (a full ComfyUI checkpoint carries the diffusion model, the VAE
+and text encoders under prefixes); each part is found by marker keys under whatever prefix it carries.
+A file of another kind yields a clear `ModelFileError` saying what it is and where it belongs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import ModelFileError, summarize_keys
+from .readers import Checkpoint
+
+DIFFUSION_MODEL = "diffusion_model"
+VAE = "vae"
+TEXT_ENCODER = "text_encoder"
+
+COMPONENT_FOLDERS = {
+    DIFFUSION_MODEL: "models/diffusion_models (or models/unet)",
+    VAE: "models/vae",
+    TEXT_ENCODER: "models/text_encoders (or models/clip)",
+}
+
+
+@dataclass(frozen=True)
+class Identity:
+    family: str  # "qwen_image", ... or a foreign family this pack does not run
+    component: str  # DIFFUSION_MODEL, VAE, TEXT_ENCODER, "lora", ...
+    layout: str  # "comfyui", "diffusers", "hf", ...
+    prefix: str  # to strip from every key of this part
+    description: str  # for messages: "Qwen-Image diffusion model (ComfyUI/diffusers layout)"
+    supported: bool = True
+
+
+@dataclass(frozen=True)
+class Rule:
+    family: str
+    component: str
+    layout: str
+    description: str
+    markers: tuple[str, ...]  # keys that must all be present (after the prefix)
+    check: Callable[[dict, str], bool] | None = None  # an extra test on the shapes, given the prefix
+    supported: bool = True
+
+
+def _shape(shapes, prefix, key):
+    return tuple(shapes.get(prefix + key, ()))
+
+
+RULES: list[Rule] = [
+    # --- what this pack runs -------------------------------------------------------------------------
+    Rule("qwen_image", DIFFUSION_MODEL, "comfyui", "Qwen-Image diffusion model (ComfyUI/diffusers layout)",
+         ("txt_norm.weight", "img_in.weight", "transformer_blocks.0.attn.add_q_proj.weight")),
+    Rule("qwen_image", VAE, "comfyui", "Qwen-Image VAE (ComfyUI / Wan 2.1 layout)",
+         ("decoder.middle.0.residual.0.gamma", "encoder.conv1.weight", "conv2.weight"),
+         check=lambda s, p: _shape(s, p, "conv2.weight")[:2] == (16, 16)),
+    Rule("qwen_image", VAE, "diffusers", "Qwen-Image VAE (diffusers layout)",
+         ("decoder.mid_block.resnets.0.norm1.gamma", "encoder.conv_in.weight", "post_quant_conv.weight"),
+         check=lambda s, p: _shape(s, p, "post_quant_conv.weight")[:2] == (16, 16)),
+    Rule("qwen25_vl", TEXT_ENCODER, "comfyui", "Qwen2.5-VL text encoder",
+         ("model.embed_tokens.weight", "model.layers.0.self_attn.k_proj.bias", "model.norm.weight")),
+    Rule("qwen25_vl", TEXT_ENCODER, "transformers", "Qwen2.5-VL text encoder (transformers 5 names)",
+         ("model.language_model.embed_tokens.weight", "model.language_model.layers.0.self_attn.k_proj.bias")),
+    # --- what it recognises, to say where a file belongs ----------------------------------------------
+    Rule("wan22", VAE, "comfyui", "Wan 2.2 VAE (48 latent channels)",
+         ("decoder.middle.0.residual.0.gamma", "conv2.weight"),
+         check=lambda s, p: _shape(s, p, "conv2.weight")[:2] == (48, 48), supported=False),
+    Rule("flux2", DIFFUSION_MODEL, "bfl", "FLUX.2 diffusion model",
+         ("double_stream_modulation_img.lin.weight", "img_in.weight"), supported=False),
+    Rule("flux", DIFFUSION_MODEL, "bfl", "FLUX.1 diffusion model",
+         ("double_blocks.0.img_attn.qkv.weight", "img_in.weight", "final_layer.linear.weight"), supported=False),
+    Rule("hunyuan_image", DIFFUSION_MODEL, "comfyui", "HunyuanImage / HunyuanVideo diffusion model",
+         ("txt_in.individual_token_refiner.blocks.0.norm1.weight",), supported=False),
+    Rule("hunyuan_image", DIFFUSION_MODEL, "tencent", "HunyuanImage 2.1 diffusion model (official layout)",
+         ("double_blocks.0.img_attn_q.weight", "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+         supported=False),
+    Rule("hunyuan_image", VAE, "comfyui", "HunyuanImage 2.1 VAE", ("decoder.conv_in.weight", "encoder.conv_in.weight"),
+         check=lambda s, p: len(_shape(s, p, "decoder.conv_in.weight")) == 4, supported=False),
+    Rule("flux2", VAE, "bfl", "FLUX.2 VAE", ("bn.running_mean", "decoder.conv_in.weight"), supported=False),
+    Rule("wan", DIFFUSION_MODEL, "comfyui", "Wan video diffusion model",
+         ("patch_embedding.weight", "blocks.0.self_attn.q.weight"), supported=False),
+    Rule("sd3", DIFFUSION_MODEL, "comfyui", "Stable Diffusion 3 diffusion model",
+         ("joint_blocks.0.context_block.attn.qkv.weight",), supported=False),
+    Rule("sd_unet", DIFFUSION_MODEL, "comfyui", "Stable Diffusion 1.x/2.x/XL UNet",
+         ("input_blocks.0.0.weight",), supported=False),
+    Rule("byt5", TEXT_ENCODER, "comfyui", "ByT5 glyph text encoder",
+         ("encoder.block.0.layer.0.SelfAttention.k.weight", "shared.weight"),
+         check=lambda s, p: _shape(s, p, "shared.weight")[0] < 2000, supported=False),
+    Rule("t5", TEXT_ENCODER, "comfyui", "T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.k.weight",),
+         supported=False),
+    Rule("clip", TEXT_ENCODER, "comfyui", "CLIP text encoder", ("text_model.encoder.layers.0.mlp.fc1.weight",),
+         supported=False),
+    Rule("llama_like", TEXT_ENCODER, "comfyui", "a decoder-only language model (Mistral, Llama, Qwen3, ...)",
+         ("model.embed_tokens.weight", "model.layers.0.self_attn.k_proj.weight"), supported=False),
+]
+
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_down.weight", ".lora_up.weight", ".alpha")
+
+
+def _prefixes_for(marker: str, keys: list[str]) -> list[str]:
+    return sorted({k[: -len(marker)] for k in keys if k.endswith(marker)}, key=len)
+
+
+def identify_all(checkpoint: Checkpoint) -> list[Identity]:
+    """Every known part in the file, first match per prefix and component."""
+    keys = checkpoint.keys()
+    shapes = None
+    found: list[Identity] = []
+    claimed: set[tuple[str, str]] = set()
+    for rule in RULES:
+        for prefix in _prefixes_for(rule.markers[0], keys):
+            if (prefix, rule.component) in claimed:
+                continue
+            if not all(prefix + m in checkpoint for m in rule.markers[1:]):
+                continue
+            if rule.check is not None:
+                shapes = shapes if shapes is not None else checkpoint.shapes()
+                if not rule.check(shapes, prefix):
+                    continue
+            claimed.add((prefix, rule.component))
+            found.append(Identity(rule.family, rule.component, rule.layout, prefix, rule.description, rule.supported))
+    return found
+
+
+def looks_like_lora(checkpoint: Checkpoint) -> bool:
+    keys = checkpoint.keys()
+    return sum(k.endswith(LORA_SUFFIXES) for k in keys) > len(keys) // 3
+
+
+def find_component(checkpoint: Checkpoint, component: str, families: tuple[str, ...] | None = None) -> Identity:
+    """The part of `checkpoint` a loader for `component` should load, or a clear error."""
+    parts = identify_all(checkpoint)
+    usable = [p for p in parts if p.component == component and p.supported
+              and (families is None or p.family in families)]
+    if usable:
+        return usable[0]
+
+    wanted = COMPONENT_FOLDERS.get(component, component).split(" ")[0]
+    if looks_like_lora(checkpoint):
+        raise ModelFileError(checkpoint.path, "is a LoRA, not a full model",
+                             hint="Load it with a LoRA loader node (for example LoraLoaderModelOnly) after the model loader.")
+    same_kind = [p for p in parts if p.component == component]
+    if same_kind:
+        part = same_kind[0]
+        raise ModelFileError(
+            checkpoint.path, f"holds a {part.description}, which this pack does not run yet",
+            found=part.description, expected=_expected(component, families),
+        )
+    if parts:
+        part = parts[0]
+        folder = COMPONENT_FOLDERS.get(part.component, part.component)
+        raise ModelFileError(
+            checkpoint.path, f"is not a {component.replace('_', ' ')}",
+            found=part.description, expected=_expected(component, families),
+            hint=f"Put it in {folder} and load it with the matching loader node (not the one for {wanted}).",
+        )
+    raise ModelFileError(
+        checkpoint.path, "was not recognised as any model this pack knows",
+        found=f"{len(checkpoint.keys())} tensors: {summarize_keys(checkpoint.keys())}",
+        expected=_expected(component, families),
+    )
+
+
+def _expected(component: str, families) -> str:
+    names = sorted({r.description for r in RULES if r.supported and r.component == component
+                    and (families is None or r.family in families)})
+    return " or ".join(names) if names else component

@@ -1,0 +1,38 @@
+"""Errors raised while reading and loading model files.
+
+Every message names the file, says what was found and what was expected, so a ComfyUI user can tell a
+wrong file from a damaged one without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used: wrong family or component, damaged, incomplete or unsupported."""
+
+    def __init__(self, path, problem: str, found: str | None = None, expected: str | None = None,
+                 hint: str | None = None):
+        self.path = os.fspath(path) if path is not None else None
+        self.problem = problem
+        self.found = found
+        self.expected = expected
+        self.hint = hint
+        parts = [f"{os.path.basename(self.path)}: {problem}" if self.path else problem]
+        if found:
+            parts.append(f"Found: {found}.")
+        if expected:
+            parts.append(f"Expected: {expected}.")
+        if hint:
+            parts.append(hint)
+        if self.path:
+            parts.append(f"(file: {self.path})")
+        super().__init__(" ".join(parts))
+
+
+def summarize_keys(keys, limit: int = 6) -> str:
+    """A short, readable list of tensor names for an error message."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown

@@ -1,0 +1,395 @@
+"""The Qwen-Image MMDiT: double-stream transformer blocks with MSRoPE.
+
+Parameter names are those of the published checkpoints (the ComfyUI and diffusers layouts are identical),
+so loading is a straight assignment. Text and image tokens keep separate weights (projections, MLPs,
+modulation) and meet in one joint attention, text first.
+
+MSRoPE: image tokens get (frame, row, column) positions with rows and columns centred on zero, so the
+layout is resolution-agnostic; text tokens sit on the diagonal (p, p, p) starting just past the largest
+image half-extent, so they never collide with image positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import attention, normalize_key_mask, resolve_backend
+from ..embeddings import TimestepMLP, sinusoidal_embedding
+from ..rope import RotaryTable, apply_rope, rope_angles
+from . import family
+
+
+@dataclass(frozen=True)
+class QwenImageConfig:
+    in_channels: int = 64
+    out_channels: int = 16
+    patch_size: int = 2
+    num_layers: int = 60
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 3584
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
+    rope_theta: float = 10000.0
+
+    @property
+    def inner_dim(self) -> int:
+        return self.attention_head_dim * self.num_attention_heads
+
+
+def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> QwenImageConfig:
+    """Read the configuration from tensor names and shapes (no prefix). Raises KeyError if a key is absent."""
+    inner, in_channels = shapes["img_in.weight"]
+    head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
+    out_features = shapes["proj_out.weight"][0]
+    patch = family.PATCH_SIZE
+    num_layers = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("transformer_blocks."))
+    # The published model splits its 128-dim heads as (16, 56, 56) over (frame, height, width);
+    # narrower heads (test configs) keep those proportions.
+    frame_dim = head_dim // 8
+    spatial_dim = (head_dim - frame_dim) // 2
+    return QwenImageConfig(
+        in_channels=in_channels,
+        out_channels=out_features // (patch * patch),
+        patch_size=patch,
+        num_layers=num_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=inner // head_dim,
+        joint_attention_dim=shapes["txt_in.weight"][1],
+        axes_dims_rope=(frame_dim, spatial_dim, spatial_dim),
+    )
+
+
+@dataclass
+class ImageInput:
+    """One image's tokens in the joint sequence: its latent grid (in patches) and MSRoPE frame index."""
+
+    frame: int
+    height: int
+    width: int
+    frames: int = 1
+
+    @property
+    def tokens(self) -> int:
+        return self.frames * self.height * self.width
+
+
+def _centred(length: int, device) -> torch.Tensor:
+    # Rows/columns -ceil(n/2) .. floor(n/2)-1, the official MSRoPE layout.
+    return torch.arange(length, device=device) - (length - length // 2)
+
+
+def msrope_positions(images: list[ImageInput], text_tokens: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text positions [T, 3], image positions [sum of image tokens, 3]) for the joint sequence."""
+    image_positions = []
+    for image in images:
+        f = torch.arange(image.frames, device=device) + image.frame
+        h = _centred(image.height, device)
+        w = _centred(image.width, device)
+        grid = torch.stack(torch.meshgrid(f, h, w, indexing="ij"), dim=-1)
+        image_positions.append(grid.reshape(-1, 3))
+    text_start = max(max(image.height // 2, image.width // 2) for image in images)
+    text = torch.arange(text_start, text_start + text_tokens, device=device)
+    return text[:, None].expand(-1, 3), torch.cat(image_positions, dim=0)
+
+
+@dataclass
+class JointRope:
+    text: RotaryTable
+    image: RotaryTable
+
+
+class GeluProjection(torch.nn.Module):
+    def __init__(self, dim_in: int, dim_out: int, operations, dtype=None, device=None):
+        super().__init__()
+        self.proj = operations.Linear(dim_in, dim_out, bias=True, dtype=dtype, device=device)
+
+    def forward(self, x):
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(torch.nn.Module):
+    """net.0 (GELU-tanh projection to 4x) -> net.2 (back to dim); net.1 is the reference's dropout slot."""
+
+    def __init__(self, dim: int, operations, dtype=None, device=None):
+        super().__init__()
+        self.net = torch.nn.ModuleList([
+            GeluProjection(dim, 4 * dim, operations, dtype, device),
+            torch.nn.Identity(),
+            operations.Linear(4 * dim, dim, bias=True, dtype=dtype, device=device),
+        ])
+
+    def forward(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class JointAttention(torch.nn.Module):
+    """Separate q/k/v and output projections per stream, per-head RMS q/k norms, one joint attention."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, operations, dtype=None, device=None):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim
+        self.backend = "sdpa"
+
+        def linear():
+            return operations.Linear(dim, dim, bias=True, dtype=dtype, device=device)
+
+        def rms():
+            return operations.RMSNorm(head_dim, eps=1e-6, dtype=dtype, device=device)
+
+        self.to_q, self.to_k, self.to_v = linear(), linear(), linear()
+        self.add_q_proj, self.add_k_proj, self.add_v_proj = linear(), linear(), linear()
+        self.to_out = torch.nn.ModuleList([linear()])
+        self.to_add_out = linear()
+        self.norm_q, self.norm_k = rms(), rms()
+        self.norm_added_q, self.norm_added_k = rms(), rms()
+
+    def forward(self, img, txt, rope: JointRope, text_mask):
+        def heads(x):
+            return x.unflatten(-1, (self.heads, self.head_dim))
+
+        img_q = apply_rope(self.norm_q(heads(self.to_q(img))), rope.image)
+        img_k = apply_rope(self.norm_k(heads(self.to_k(img))), rope.image)
+        img_v = heads(self.to_v(img))
+        txt_q = apply_rope(self.norm_added_q(heads(self.add_q_proj(txt))), rope.text)
+        txt_k = apply_rope(self.norm_added_k(heads(self.add_k_proj(txt))), rope.text)
+        txt_v = heads(self.add_v_proj(txt))
+
+        key_mask = None
+        if text_mask is not None:
+            image_keys = text_mask.new_ones((text_mask.shape[0], img.shape[1]))
+            key_mask = torch.cat([text_mask, image_keys], dim=1)
+        joint = attention(
+            torch.cat([txt_q, img_q], dim=1),
+            torch.cat([txt_k, img_k], dim=1),
+            torch.cat([txt_v, img_v], dim=1),
+            key_mask=key_mask,
+            backend=self.backend,
+        )
+        text_tokens = txt.shape[1]
+        return self.to_out[0](joint[:, text_tokens:]), self.to_add_out(joint[:, :text_tokens])
+
+
+def _modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class QwenImageBlock(torch.nn.Module):
+    def __init__(self, config: QwenImageConfig, operations, dtype=None, device=None):
+        super().__init__()
+        dim = config.inner_dim
+        self.img_mod = torch.nn.Sequential(
+            torch.nn.SiLU(), operations.Linear(dim, 6 * dim, bias=True, dtype=dtype, device=device)
+        )
+        self.txt_mod = torch.nn.Sequential(
+            torch.nn.SiLU(), operations.Linear(dim, 6 * dim, bias=True, dtype=dtype, device=device)
+        )
+        self.attn = JointAttention(
+            dim, config.num_attention_heads, config.attention_head_dim, operations, dtype, device
+        )
+        self.img_mlp = FeedForward(dim, operations, dtype, device)
+        self.txt_mlp = FeedForward(dim, operations, dtype, device)
+        self.dim = dim
+
+    def _norm(self, x):
+        return F.layer_norm(x, (self.dim,), eps=1e-6)
+
+    def forward(self, img, txt, temb, rope: JointRope, text_mask=None):
+        img_shift1, img_scale1, img_gate1, img_shift2, img_scale2, img_gate2 = self.img_mod(temb).chunk(6, dim=-1)
+        txt_shift1, txt_scale1, txt_gate1, txt_shift2, txt_scale2, txt_gate2 = self.txt_mod(temb).chunk(6, dim=-1)
+
+        img_attn, txt_attn = self.attn(
+            _modulate(self._norm(img), img_shift1, img_scale1),
+            _modulate(self._norm(txt), txt_shift1, txt_scale1),
+            rope,
+            text_mask,
+        )
+        img = img + img_gate1[:, None] * img_attn
+        txt = txt + txt_gate1[:, None] * txt_attn
+
+        img = img + img_gate2[:, None] * self.img_mlp(_modulate(self._norm(img), img_shift2, img_scale2))
+        txt = txt + txt_gate2[:, None] * self.txt_mlp(_modulate(self._norm(txt), txt_shift2, txt_scale2))
+
+        if img.dtype == torch.float16:  # fp16 overflows in the deep blocks without this clamp
+            img = img.clip(-65504, 65504)
+            txt = txt.clip(-65504, 65504)
+        return img, txt
+
+
+class TimeEmbedding(torch.nn.Module):
+    """Named `time_text_embed` in the checkpoint: sinusoidal(sigma * 1000) -> MLP."""
+
+    def __init__(self, dim: int, operations, dtype=None, device=None):
+        super().__init__()
+        self.timestep_embedder = TimestepMLP(256, dim, operations, dtype, device)
+
+    def forward(self, sigma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        features = sinusoidal_embedding(sigma, 256, flip_sin_to_cos=True, downscale_freq_shift=0, scale=1000)
+        return self.timestep_embedder(features.to(dtype))
+
+
+class OutputNorm(torch.nn.Module):
+    """Named `norm_out`: LayerNorm without affine, then scale/shift (in that order) from the timestep."""
+
+    def __init__(self, dim: int, operations, dtype=None, device=None):
+        super().__init__()
+        self.linear = operations.Linear(dim, 2 * dim, bias=True, dtype=dtype, device=device)
+        self.dim = dim
+
+    def forward(self, x, temb):
+        scale, shift = self.linear(F.silu(temb)).chunk(2, dim=-1)
+        return F.layer_norm(x, (self.dim,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+def pack_latent(latent: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p] tokens (channel-major within each patch)."""
+    b, c, h, w = latent.shape
+    x = latent.view(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpack_tokens(tokens: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
+    """Inverse of pack_latent for a grid of height x width latent cells."""
+    b, _, features = tokens.shape
+    c = features // (patch * patch)
+    x = tokens.view(b, height // patch, width // patch, c, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
+
+
+class QwenImageTransformer(torch.nn.Module):
+    """The network. forward() takes and returns latents, so both hosts call it the same way:
+
+    x:         [B, C, H, W] or [B, C, 1, H, W] latent (normalised), any H, W (odd sizes are padded)
+    timestep:  [B] sigma in [0, 1]
+    context:   [B, L, joint_attention_dim] text hidden states
+    attention_mask: optional [B, L], nonzero for real tokens
+    returns the flow velocity (noise - data) in x's shape.
+    """
+
+    def __init__(self, config: QwenImageConfig, operations, dtype=None, device=None, attention_backend="auto"):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        dim = config.inner_dim
+        self.time_text_embed = TimeEmbedding(dim, operations, dtype, device)
+        self.txt_norm = operations.RMSNorm(config.joint_attention_dim, eps=1e-6, dtype=dtype, device=device)
+        self.img_in = operations.Linear(config.in_channels, dim, bias=True, dtype=dtype, device=device)
+        self.txt_in = operations.Linear(config.joint_attention_dim, dim, bias=True, dtype=dtype, device=device)
+        self.transformer_blocks = torch.nn.ModuleList(
+            [QwenImageBlock(config, operations, dtype, device) for _ in range(config.num_layers)]
+        )
+        self.norm_out = OutputNorm(dim, operations, dtype, device)
+        patch_features = config.patch_size * config.patch_size * config.out_channels
+        self.proj_out = operations.Linear(dim, patch_features, bias=True, dtype=dtype, device=device)
+        self.set_attention_backend(attention_backend)
+
+    def set_attention_backend(self, backend: str) -> None:
+        resolved = resolve_backend(backend)
+        for block in self.transformer_blocks:
+            block.attn.backend = resolved
+        self.attention_backend = resolved
+
+    def _rope(self, images: list[ImageInput], text_tokens: int, device) -> JointRope:
+        text_pos, image_pos = msrope_positions(images, text_tokens, device=device)
+        axes, theta = self.config.axes_dims_rope, self.config.rope_theta
+        return JointRope(RotaryTable(rope_angles(text_pos, axes, theta)), RotaryTable(rope_angles(image_pos, axes, theta)))
+
+    def _to_grid(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Drop the frame axis and pad H, W up to whole patches; returns the original H, W."""
+        if x.ndim == 5:
+            if x.shape[2] != 1:
+                raise ValueError(f"Qwen-Image generates single images; got a latent with {x.shape[2]} frames")
+            x = x[:, :, 0]
+        if x.ndim != 4:
+            raise ValueError(f"expected a [B, C, H, W] latent, got shape {tuple(x.shape)}")
+        expected = self.config.in_channels // (self.config.patch_size ** 2)
+        if x.shape[1] != expected:
+            raise ValueError(
+                f"Qwen-Image latents have {expected} channels; got {x.shape[1]} "
+                f"(a latent from another family's VAE or empty-latent node?)"
+            )
+        height, width = x.shape[-2:]
+        p = self.config.patch_size
+        pad_h, pad_w = (-height) % p, (-width) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+        return x, (height, width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        transformer_options: dict | None = None,
+        control: dict | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        transformer_options = transformer_options or {}
+        input_shape = x.shape
+        grid, (height, width) = self._to_grid(x)
+        p = self.config.patch_size
+        batch = grid.shape[0]
+        images = [ImageInput(frame=0, height=grid.shape[-2] // p, width=grid.shape[-1] // p)]
+
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch)
+        if context.shape[0] != batch:
+            if batch % context.shape[0]:
+                raise ValueError(f"text batch {context.shape[0]} does not divide latent batch {batch}")
+            repeats = batch // context.shape[0]
+            context = context.repeat_interleave(repeats, dim=0)
+            if attention_mask is not None:
+                attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+
+        dtype = grid.dtype
+        img = self.img_in(pack_latent(grid, p))
+        txt = self.txt_in(self.txt_norm(context.to(dtype)))
+        temb = self.time_text_embed(timestep, dtype)
+        text_mask = normalize_key_mask(attention_mask, batch, txt.shape[1])
+        rope = self._rope(images, txt.shape[1], img.device)
+
+        img = self._run_blocks(img, txt, temb, rope, text_mask, transformer_options, control, grid)
+
+        out = self.proj_out(self.norm_out(img, temb))
+        out = unpack_tokens(out, grid.shape[-2], grid.shape[-1], p)[:, :, :height, :width]
+        return out.unsqueeze(2) if len(input_shape) == 5 else out
+
+    def _run_blocks(self, img, txt, temb, rope, text_mask, transformer_options, control, grid):
+        """The block loop, honouring ComfyUI-style hooks carried in transformer_options (plain dicts):
+        patches_replace["dit"][("double_block", i)] replaces block i, patches["double_block"] post-process
+        each block, and control["input"][i] is added to the image tokens after block i (ControlNets)."""
+        blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
+        block_patches = transformer_options.get("patches", {}).get("double_block", [])
+        control_inputs = (control or {}).get("input") or []
+
+        for i, block in enumerate(self.transformer_blocks):
+            replace = blocks_replace.get(("double_block", i))
+            if replace is not None:
+                def original_block(args, block=block):
+                    img_out, txt_out = block(args["img"], args["txt"], args["vec"], args["pe"], text_mask)
+                    return {"img": img_out, "txt": txt_out}
+
+                out = replace(
+                    {"img": img, "txt": txt, "vec": temb, "pe": rope, "transformer_options": transformer_options},
+                    {"original_block": original_block},
+                )
+                img, txt = out["img"], out["txt"]
+            else:
+                img, txt = block(img, txt, temb, rope, text_mask)
+
+            for patch in block_patches:
+                out = patch({"img": img, "txt": txt, "x": grid, "block_index": i,
+                             "transformer_options": transformer_options})
+                img, txt = out["img"], out["txt"]
+
+            if i < len(control_inputs) and control_inputs[i] is not None:
+                add = control_inputs[i]
+                img = torch.cat([img[:, :add.shape[1]] + add, img[:, add.shape[1]:]], dim=1)
+        return img

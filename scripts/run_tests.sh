@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up .venv (pinned CPU torch, diffusers as reference) and runs every test.
+# ComfyUI integration tests run when COMFYUI_PATH points at a ComfyUI checkout (or ../ComfyUI exists).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+
+if [ -z "${COMFYUI_PATH:-}" ] && [ -f ../ComfyUI/main.py ]; then
+    COMFYUI_PATH="$(cd ../ComfyUI && pwd)"
+fi
+if [ -n "${COMFYUI_PATH:-}" ]; then
+    export COMFYUI_PATH
+    echo "ComfyUI integration tests: on ($COMFYUI_PATH)"
+    bash tests/integration/setup_comfyui_env.sh "$COMFYUI_PATH"
+else
+    echo "ComfyUI integration tests: skipped (set COMFYUI_PATH to a ComfyUI checkout to run them)"
+fi
+
+export OMP_WAIT_POLICY=PASSIVE  # idle torch threads busy-wait otherwise and stall the run
+.venv/bin/python -m pytest -q -ra tests "$@"
