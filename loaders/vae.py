@@ -1,0 +1,107 @@
+"""VAE files -> a ready VAE module, in whatever layout and prefix the file uses.
+
+`load_vae(path)` opens the file, finds the VAE in it (a standalone file, a diffusers `vae/` folder, or the
+`vae.` / `first_stage_model.` part of a full checkpoint), renames other layouts into the network's own
+names, reads the configuration from the tensor shapes, checks every name and shape against a build on
+the meta device and only then assigns the memory-mapped tensors. A wrong or damaged file raises a
+`ModelFileError` before any weight is allocated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..model_defs.ops import StandaloneOps
+from ..model_defs.qwen_image.vae import QwenImageVAE, vae_config_from_shapes as qwen_vae_config
+from .assign import assign_state_dict
+from .detection import VAE, Identity, find_component
+from .errors import ModelFileError, summarize_keys
+from .keymaps import qwen_image_vae
+from .readers import Checkpoint, open_checkpoint
+
+
+@dataclass(frozen=True)
+class VAEFamily:
+    network_class: type  # network_class(config, operations, dtype=, device=)
+    config_from_shapes: Callable[[dict], object]  # shapes in the network's own names
+    # layout -> function(file names) -> {file name: network name}; a layout not listed is already ours
+    key_maps: dict[str, Callable]
+
+
+VAE_FAMILIES: dict[str, VAEFamily] = {
+    "qwen_image": VAEFamily(QwenImageVAE, qwen_vae_config, {"diffusers": qwen_image_vae.diffusers_to_comfyui}),
+}
+
+
+@dataclass
+class LoadedVAE:
+    module: torch.nn.Module  # encode(images) / decode(latent), downscale, latent_channels
+    family: str
+    layout: str
+    path: str
+    config: object
+    stored_dtype: torch.dtype
+    description: str
+
+
+def load_vae(path, dtype: torch.dtype | None = None, device="cpu", operations=None) -> LoadedVAE:
+    """Load the VAE in `path` (a file, a diffusers `vae/` folder, or a diffusers model folder).
+
+    dtype: weight dtype (None keeps the stored one; computation always runs in the input's dtype).
+    operations: the layer namespace (ComfyUI's ops inside ComfyUI; ours by default).
+    """
+    checkpoint = open_checkpoint(_vae_location(Path(path)))
+    identity = find_component(checkpoint, VAE, families=tuple(VAE_FAMILIES))
+    family = VAE_FAMILIES[identity.family]
+    file_names = _network_names(checkpoint, identity, family)
+    shapes = {name: checkpoint.shape(key) for key, name in file_names.items()}
+
+    try:
+        config = family.config_from_shapes(shapes)
+    except (KeyError, ValueError, IndexError) as e:
+        raise ModelFileError(checkpoint.path, f"looks like a {identity.description} but its configuration "
+                             f"cannot be read from its tensors", found=f"{type(e).__name__}: {e}") from None
+
+    module = family.network_class(config, operations or StandaloneOps, device="meta")
+    state_dict = {name: checkpoint.tensor(key) for key, name in file_names.items()}
+    assign_state_dict(module, state_dict, checkpoint.path, identity.description, dtype=dtype, device=device)
+    module.eval().requires_grad_(False)
+    return LoadedVAE(module, identity.family, identity.layout, str(checkpoint.path), config,
+                     _stored_dtype(checkpoint, file_names), identity.description)
+
+
+def _vae_location(path: Path) -> Path:
+    """Folders: a diffusers model folder means its vae/ subfolder; inside a diffusers vae/ folder take the
+    main weights file (fp16 variants may sit beside it)."""
+    if path.is_dir():
+        if (path / "vae").is_dir():
+            path = path / "vae"
+        main = path / "diffusion_pytorch_model.safetensors"
+        if main.is_file():
+            return main
+    return path
+
+
+def _network_names(checkpoint: Checkpoint, identity: Identity, family: VAEFamily) -> dict[str, str]:
+    """{key in the file: name in the network} for the VAE's tensors (its prefix stripped, layout renamed)."""
+    prefix = identity.prefix
+    stripped = {key: key[len(prefix):] for key in checkpoint.keys() if key.startswith(prefix)}
+    key_map = family.key_maps.get(identity.layout)
+    if key_map is not None:
+        renamed = key_map(stripped.values())
+        stripped = {key: renamed[name] for key, name in stripped.items()}
+    duplicates = [name for name, n in Counter(stripped.values()).items() if n > 1]
+    if duplicates:
+        raise ModelFileError(checkpoint.path, f"holds the same {identity.description} tensor under two names",
+                             found=summarize_keys(duplicates))
+    return stripped
+
+
+def _stored_dtype(checkpoint: Checkpoint, file_names: dict[str, str]) -> torch.dtype:
+    counts = Counter(checkpoint.dtype(k) for k in file_names if len(checkpoint.shape(k)) >= 2)
+    return counts.most_common(1)[0][0] if counts else torch.float32
