@@ -1,0 +1,117 @@
+"""Diffusion-model files: every layout and prefix loads; damaged or foreign files give clear errors."""
+
+import pytest
+import torch
+
+from comfyui_mmdit.loaders.diffusion_model import read_diffusion_model
+from comfyui_mmdit.loaders.errors import ModelFileError
+from comfyui_mmdit.model_defs.ops import StandaloneOps
+from comfyui_mmdit.model_defs.qwen_image.transformer import QwenImageTransformer
+from comfyui_mmdit.nodes.host.standalone import StandaloneHost
+from comfyui_mmdit.tools.tiny_models import TINY_QWEN_DIT, tiny_qwen_dit_state_dict, write_safetensors
+
+
+@pytest.fixture(scope="module")
+def state():
+    return tiny_qwen_dit_state_dict(seed=5)
+
+
+def _forward(network):
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, 16, 8, 12, generator=g)
+    context = torch.randn(1, 6, TINY_QWEN_DIT.joint_attention_dim, generator=g)
+    with torch.no_grad():
+        return network(latent, torch.tensor([0.4]), context)
+
+
+@pytest.fixture(scope="module")
+def reference_output(state):
+    network = QwenImageTransformer(TINY_QWEN_DIT, StandaloneOps)
+    network.load_state_dict(state)
+    return _forward(network)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model.", "diffusion_model."])
+def test_layouts_and_prefixes_load_to_the_same_network(tmp_path, state, reference_output, prefix):
+    path = write_safetensors(state, tmp_path / "diffusion_models" / "qwen.safetensors", prefix=prefix)
+    model_file = read_diffusion_model(path)
+    assert model_file.family.name == "qwen_image"
+    assert model_file.config == TINY_QWEN_DIT
+    model = StandaloneHost(models_dir=tmp_path, device="cpu").load_diffusion_model(model_file)
+    # Same numbers up to BLAS summation order (memory-mapped weights may take other kernel paths).
+    torch.testing.assert_close(_forward(model.network), reference_output, atol=1e-6, rtol=0)
+
+
+def test_bf16_file_computes_in_fp32_without_a_full_precision_copy(tmp_path, state, reference_output):
+    path = write_safetensors(state, tmp_path / "q.safetensors", dtype=torch.bfloat16)
+    model = StandaloneHost(models_dir=tmp_path, device="cpu").load_diffusion_model(read_diffusion_model(path))
+    weights = dict(model.network.named_parameters())
+    assert all(p.dtype == torch.bfloat16 for p in weights.values())  # kept as stored, cast per layer
+    out = _forward(model.network)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference_output, atol=0.05, rtol=0.05)  # bf16 weight rounding only
+
+
+def _expect_error(path, *fragments):
+    with pytest.raises(ModelFileError) as info:
+        read_diffusion_model(path)
+    message = str(info.value)
+    assert path.name in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_missing_tensor(tmp_path, state):
+    broken = dict(state)
+    del broken["transformer_blocks.1.attn.to_k.weight"]
+    _expect_error(write_safetensors(broken, tmp_path / "m.safetensors"), "missing", "transformer_blocks.1.attn.to_k.weight")
+
+
+def test_extra_tensor(tmp_path, state):
+    extra = dict(state, **{"transformer_blocks.0.attn.to_qkv.weight": torch.zeros(3, 3)})
+    _expect_error(write_safetensors(extra, tmp_path / "e.safetensors"), "not part of it", "to_qkv")
+
+
+def test_wrong_shape(tmp_path, state):
+    bad = dict(state)
+    bad["transformer_blocks.1.img_mlp.net.2.weight"] = torch.zeros(64, 100)
+    _expect_error(write_safetensors(bad, tmp_path / "s.safetensors"), "wrong shape", "[64, 100]", "[64, 256]")
+
+
+def test_truncated_file(tmp_path, state):
+    path = write_safetensors(state, tmp_path / "t.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _expect_error(path, "truncated", "bytes missing")
+
+
+def test_file_of_another_family(tmp_path):
+    flux_like = {
+        "img_in.weight": torch.zeros(8, 4), "final_layer.linear.weight": torch.zeros(4, 8),
+        "double_blocks.0.img_attn.qkv.weight": torch.zeros(24, 8),
+    }
+    _expect_error(write_safetensors(flux_like, tmp_path / "flux1-dev.safetensors"), "FLUX.1", "does not run yet")
+
+
+def test_vae_given_to_the_model_loader(tmp_path):
+    vae_like = {"decoder.middle.0.residual.0.gamma": torch.ones(8, 1, 1, 1), "encoder.conv1.weight": torch.zeros(8, 3, 3, 3, 3),
+                "conv2.weight": torch.zeros(16, 16, 1, 1, 1)}
+    _expect_error(write_safetensors(vae_like, tmp_path / "qwen_image_vae.safetensors"), "not a diffusion model",
+                  "Qwen-Image VAE", "models/vae")
+
+
+def test_lora_given_to_the_model_loader(tmp_path):
+    lora = {f"transformer_blocks.{i}.attn.to_q.lora_A.weight": torch.zeros(4, 8) for i in range(3)}
+    lora.update({f"transformer_blocks.{i}.attn.to_q.lora_B.weight": torch.zeros(8, 4) for i in range(3)})
+    _expect_error(write_safetensors(lora, tmp_path / "my_lora.safetensors"), "LoRA")
+
+
+def test_unrecognised_and_unreadable_files(tmp_path):
+    _expect_error(write_safetensors({"foo.weight": torch.zeros(2)}, tmp_path / "x.safetensors"), "not recognised")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\xff" * 64)
+    _expect_error(junk, "corrupt")
+    pickle = tmp_path / "evil.ckpt"
+    pickle.write_bytes(b"not a zip and not a pickle")
+    _expect_error(pickle, "could not be read")
