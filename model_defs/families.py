@@ -35,6 +35,8 @@ class FamilySpec:
     # differ by the per-sample sigma factor, so any rule homogeneous in its inputs works in either).
     guidance: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
     aspect_presets: dict = field(default_factory=dict)
+    prompt_template: str = "{}"  # the text encoder's chat template; "{}" marks the prompt
+    max_prompt_tokens: int = 1024
     # ComfyUI's native classes for the family (comfy.model_base / comfy.supported_models), the model type
     # that selects its sampling (sigma -> timestep) and the cond names counted in its memory estimate.
     comfy_model: str = ""
@@ -61,6 +63,8 @@ QWEN_IMAGE = FamilySpec(
     common_shift=qwen_family.COMMON_SHIFT,
     guidance=qwen_true_cfg,
     aspect_presets=qwen_family.ASPECT_PRESETS,
+    prompt_template=qwen_family.PROMPT_TEMPLATE,
+    max_prompt_tokens=qwen_family.MAX_PROMPT_TOKENS,
     comfy_model="QwenImage",
     comfy_model_type="FLUX",
     comfy_memory_conds=("ref_latents",),

@@ -13,6 +13,7 @@ from comfyui_mmdit.loaders.keymaps.qwen_image_vae import diffusers_key_to_comfyu
 from comfyui_mmdit.loaders.vae import load_vae
 from comfyui_mmdit.model_defs.qwen_image.vae import QwenImageVAE, QwenImageVAEConfig, vae_config_from_shapes
 from comfyui_mmdit.model_defs.vae_tiling import tile_spans, tiled_decode, tiled_encode
+from comfyui_mmdit.tools.tiny_models import randomise_vae_
 
 from helpers import manifest, manifest_shapes
 
@@ -29,28 +30,11 @@ TINY_CONFIGS = {
 }
 
 
-def randomise_(module: torch.nn.Module, seed: int) -> None:
-    """Every parameter random (RMS gammas and biases too), scaled so activations stay O(1)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=generator)
-            if name.endswith("gamma"):
-                p.copy_(1.0 + 0.3 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.1 * noise)
-            else:  # a causal conv sees one temporal slice for images: fan-in without the time taps
-                fan_in = p[0].numel() // (p.shape[2] if p.ndim == 5 else 1)
-                p.copy_(noise / fan_in ** 0.5)
-            if "decoder.conv_out" in name or "decoder.head.2" in name:
-                p.mul_(0.3)  # keep most decoded values inside the [-1, 1] clamp, so the test stays sensitive
-
-
 def reference_vae(name: str, seed: int = 0):
     from diffusers import AutoencoderKLQwenImage
 
     reference = AutoencoderKLQwenImage(**TINY_CONFIGS[name]).eval()
-    randomise_(reference, seed)
+    randomise_vae_(reference, seed)
     return reference
 
 
@@ -289,7 +273,7 @@ def test_single_tile_equals_untiled_with_attention(tiny_state):
 def test_tiled_2048_decode_never_hands_the_decoder_more_than_a_tile():
     torch.manual_seed(0)
     vae = QwenImageVAE(QwenImageVAEConfig(dim=4, num_res_blocks=1))
-    randomise_(vae, seed=3)
+    randomise_vae_(vae, seed=3)
     seen = []
     vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
     latent = torch.randn(1, 16, 1, 256, 256)

@@ -15,6 +15,8 @@ from safetensors.torch import save_file
 
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.transformer import QwenImageConfig, QwenImageTransformer
+from ..model_defs.qwen_image.vae import QwenImageVAE, QwenImageVAEConfig
+from ..model_defs.text_encoders import qwen25vl
 
 TINY_QWEN_DIT = QwenImageConfig(
     in_channels=64, out_channels=16, patch_size=2, num_layers=2, attention_head_dim=32,
@@ -39,6 +41,36 @@ def tiny_qwen_dit_state_dict(config: QwenImageConfig = TINY_QWEN_DIT, seed: int 
     return random_state_dict(network, seed)
 
 
+# The real VAE's structure (four stages, two residual blocks each) at a width of 8 channels.
+TINY_QWEN_VAE = QwenImageVAEConfig(dim=8, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2,
+                                   temperal_downsample=(False, True, True))
+
+
+def randomise_vae_(module: torch.nn.Module, seed: int) -> None:
+    """Random values for every VAE parameter (RMS gammas and biases too), scaled so activations stay of
+    order one through the whole network and decoded values mostly stay inside the [-1, 1] clamp."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("gamma"):
+                p.copy_(1.0 + 0.3 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * noise)
+            else:  # a causal conv sees one temporal slice for images: fan-in without the time taps
+                fan_in = p[0].numel() // (p.shape[2] if p.ndim == 5 else 1)
+                p.copy_(noise / fan_in ** 0.5)
+            if "decoder.conv_out" in name or "decoder.head.2" in name:
+                p.mul_(0.3)
+
+
+def tiny_qwen_vae_state_dict(config: QwenImageVAEConfig = TINY_QWEN_VAE, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI-layout (Wan 2.1 names) weights of a tiny Qwen-Image VAE."""
+    vae = QwenImageVAE(config)
+    randomise_vae_(vae, seed)
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
 def write_safetensors(state_dict: dict, path, dtype: torch.dtype | None = None, prefix: str = "",
                       metadata: dict | None = None) -> Path:
     path = Path(path)
@@ -47,3 +79,30 @@ def write_safetensors(state_dict: dict, path, dtype: torch.dtype | None = None, 
                for k, v in state_dict.items()}
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def tiny_qwen_text_state_dict(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI single-file names (model.embed_tokens, model.layers.N, model.norm) of a tiny Qwen2.5-VL
+    language model: one 128-dim head, two layers, hidden 128 (the tiny diffusion model's text width)."""
+    config = qwen25vl.QwenTextConfig(vocab_size=vocab_size, hidden_size=TINY_QWEN_DIT.joint_attention_dim,
+                                     intermediate_size=256, num_hidden_layers=2, num_key_value_heads=1)
+    model = qwen25vl.build_text_model(config)
+    return {"model." + k: v for k, v in random_state_dict(model, seed, scale=0.1).items()}
+
+
+def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -> Path:
+    """A tiny stand-in for a file a workflow names: diffusion model, text encoder (with its tokenizer
+    beside it) or VAE, all for Qwen-Image (the family the shipped workflows use)."""
+    from ..loaders.text_encoder import load_tokenizer
+    from .tiny_tokenizer import write_tiny_qwen_tokenizer
+
+    target = Path(target)
+    if folder == "diffusion_models":
+        return write_safetensors(tiny_qwen_dit_state_dict(), target, dtype=torch.bfloat16)
+    if folder == "vae":
+        return write_safetensors(tiny_qwen_vae_state_dict(), target, dtype=torch.bfloat16)
+    if folder == "text_encoders":
+        tokenizer_dir = write_tiny_qwen_tokenizer(target.parent / f"{target.stem}_tokenizer")
+        vocab = len(load_tokenizer(tokenizer_dir))
+        return write_safetensors(tiny_qwen_text_state_dict(vocab), target, dtype=torch.bfloat16)
+    raise ValueError(f"no tiny stand-in for models/{folder}")

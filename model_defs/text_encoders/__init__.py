@@ -1,0 +1,1 @@
+"""Text encoders (transformers models, with their big layers swapped for the host's `operations`)."""

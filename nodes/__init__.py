@@ -1,0 +1,32 @@
+"""The pack's ComfyUI nodes. Only this package talks to ComfyUI, through nodes/host.
+
+Class names are stable: shared workflow files refer to them.
+"""
+
+from .latent import MMDiTEmptyLatent
+from .model_loader import MMDiTModelLoader
+from .sampler import MMDiTSampler
+from .text import MMDiTTextEncode, MMDiTTextEncoderLoader
+from .vae import MMDiTVAEDecode, MMDiTVAEEncode, MMDiTVAELoader
+
+NODE_CLASS_MAPPINGS = {
+    "MMDiTModelLoader": MMDiTModelLoader,
+    "MMDiTTextEncoderLoader": MMDiTTextEncoderLoader,
+    "MMDiTTextEncode": MMDiTTextEncode,
+    "MMDiTEmptyLatent": MMDiTEmptyLatent,
+    "MMDiTSampler": MMDiTSampler,
+    "MMDiTVAELoader": MMDiTVAELoader,
+    "MMDiTVAEDecode": MMDiTVAEDecode,
+    "MMDiTVAEEncode": MMDiTVAEEncode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MMDiTModelLoader": "MMDiT Load Diffusion Model",
+    "MMDiTTextEncoderLoader": "MMDiT Load Text Encoder",
+    "MMDiTTextEncode": "MMDiT Text Encode",
+    "MMDiTEmptyLatent": "MMDiT Empty Latent",
+    "MMDiTSampler": "MMDiT Sampler",
+    "MMDiTVAELoader": "MMDiT Load VAE",
+    "MMDiTVAEDecode": "MMDiT VAE Decode",
+    "MMDiTVAEEncode": "MMDiT VAE Encode",
+}

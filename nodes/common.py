@@ -1,0 +1,13 @@
+"""Small pieces the node classes share."""
+
+from __future__ import annotations
+
+import logging
+
+CATEGORY = "MMDiT"
+log = logging.getLogger("ComfyUI-MMDiT")
+
+
+def files_or_placeholder(names: list[str], folder: str) -> list[str]:
+    """A combo list for a models folder; an empty folder shows a hint instead of an empty list."""
+    return names or [f"(no files in models/{folder})"]

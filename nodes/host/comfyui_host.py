@@ -1,0 +1,269 @@
+"""The ComfyUI host: the pack's models under ComfyUI's own model classes, memory manager and samplers.
+
+Everything that touches ComfyUI's internals is in this module. It is written against the surface that
+ComfyUI 0.3.64 (October 2025) and the 2026 releases share; where they differ the branch is marked
+"[version]" so the next change has one place to go.
+
+The diffusion model a loader returns is a native MODEL: a ModelPatcher around a subclass of ComfyUI's own
+model class for the family (e.g. comfy.model_base.QwenImage) whose `diffusion_model` is our network, built
+from ComfyUI's `operations`. So the core KSampler, ModelSampling* nodes, LoRA loaders (with the family's
+LoRA key formats), CFGNorm, block-swap patches and low-VRAM partial loading all work on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.supported_models
+import comfy.utils
+import folder_paths
+
+from ...model_defs.families import FAMILIES, FamilySpec
+from ..sampling_request import SamplingRequest
+
+log = logging.getLogger("ComfyUI-MMDiT")
+
+WEIGHT_DTYPES = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+MODEL_TYPES = {"FLUX": comfy.model_base.ModelType.FLUX, "FLOW": comfy.model_base.ModelType.FLOW}
+
+
+def _with_diffusion_model_wrappers(network_class: type) -> type:
+    """The network class, with ComfyUI's DIFFUSION_MODEL wrappers honoured around forward (as native
+    models do), so extensions that wrap the diffusion model (caches, block swaps) see ours too."""
+
+    class Wrapped(network_class):
+        def forward(self, *args, transformer_options=None, **kwargs):
+            transformer_options = transformer_options or {}
+            wrappers = comfy.patcher_extension.get_all_wrappers(
+                comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
+            )
+            call = super().forward
+            return comfy.patcher_extension.WrapperExecutor.new_class_executor(call, self, wrappers).execute(
+                *args, transformer_options=transformer_options, **kwargs
+            )
+
+    Wrapped.__name__ = Wrapped.__qualname__ = network_class.__name__
+    return Wrapped
+
+
+def _model_class(spec: FamilySpec) -> type:
+    """A subclass of ComfyUI's native model class for the family, building our network instead."""
+    native = getattr(comfy.model_base, spec.comfy_model, comfy.model_base.BaseModel)
+
+    class MMDiTModel(native):
+        mmdit_family = spec
+
+        def __init__(self, model_config, device=None):
+            # The native __init__ hard-codes its own network class, so call BaseModel's directly and
+            # restore what the native one adds (the cond names that count in the memory estimate).
+            comfy.model_base.BaseModel.__init__(
+                self, model_config, model_config.mmdit_model_type, device=device, unet_model=model_config.mmdit_builder
+            )
+            self.memory_usage_factor_conds = model_config.mmdit_memory_conds
+
+        def extra_conds(self, **kwargs):
+            out = super().extra_conds(**kwargs)
+            mask = kwargs.get("attention_mask")
+            if mask is not None and not bool(mask.all()):
+                # ComfyUI's Qwen-Image drops the text mask; ours honours it (padded batched prompts).
+                import comfy.conds
+
+                out["attention_mask"] = comfy.conds.CONDRegular(mask)
+            return out
+
+    MMDiTModel.__name__ = MMDiTModel.__qualname__ = f"MMDiT{spec.comfy_model or 'Model'}"
+    return MMDiTModel
+
+
+def _model_config(spec: FamilySpec, network_config, attention_backend: str):
+    native = getattr(comfy.supported_models, spec.comfy_model)
+    model_class = _model_class(spec)
+    network_class = _with_diffusion_model_wrappers(spec.network_class)
+
+    def build_network(dtype=None, device=None, operations=None, **_unet_config):
+        # Built on the meta device: the loader assigns the file's (memory-mapped) tensors afterwards,
+        # so no memory is allocated for weights that are about to be replaced.
+        return network_class(network_config, operations, dtype=dtype, device="meta", attention_backend=attention_backend)
+
+    class MMDiTModelConfig(native):
+        mmdit_builder = staticmethod(build_network)
+        mmdit_model_type = MODEL_TYPES[spec.comfy_model_type]
+        mmdit_memory_conds = spec.comfy_memory_conds
+
+        def get_model(self, state_dict, prefix="", device=None):
+            return model_class(self, device=device)
+
+    return MMDiTModelConfig({"image_model": f"mmdit_{spec.name}"})
+
+
+class ComfyManaged:
+    """A text encoder or VAE under ComfyUI's memory manager."""
+
+    def __init__(self, module, load_device, offload_device, dtype):
+        self.module = module
+        self.dtype = dtype
+        self.patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+        self.load_device = load_device
+
+    def load(self, memory_required: int = 0) -> torch.device:
+        mm.load_models_gpu([self.patcher], memory_required=memory_required)
+        return self.load_device
+
+
+class ComfyUIHost:
+    name = "comfyui"
+
+    # --- files -------------------------------------------------------------------------------------
+    def folder_files(self, kind: str) -> list[str]:
+        names = list(folder_paths.get_filename_list(kind))
+        for folder in folder_paths.get_folder_paths(kind):  # Hugging Face model folders, for text encoders
+            root = Path(folder)
+            if root.is_dir():
+                names += [p.parent.relative_to(root).as_posix() for p in root.rglob("config.json")
+                          if p.parent != root]
+        return sorted(set(names))
+
+    def full_path(self, kind: str, name: str) -> Path:
+        path = folder_paths.get_full_path(kind, name)
+        if path is None:
+            for folder in folder_paths.get_folder_paths(kind):
+                if (Path(folder) / name).is_dir():
+                    return Path(folder) / name
+            raise FileNotFoundError(f"{name} was not found in the {kind} folders")
+        return Path(path)
+
+    def tokenizer_dirs(self, name: str) -> list[Path]:
+        bundled = Path(comfy.utils.__file__).parent / "text_encoders" / f"{name}_tokenizer"
+        return [bundled] if bundled.is_dir() else []
+
+    # --- devices and dtypes --------------------------------------------------------------------------
+    def intermediate_device(self) -> torch.device:
+        return mm.intermediate_device()
+
+    def _devices(self, kind: str):
+        if kind == "text_encoder":
+            return mm.text_encoder_device(), mm.text_encoder_offload_device()
+        if kind == "vae":
+            return mm.vae_device(), mm.vae_offload_device()
+        raise ValueError(f"unknown module kind {kind!r}")
+
+    def module_dtype(self, kind: str) -> torch.dtype:
+        """The compute dtype of a text encoder or VAE on its device: bf16 where the device runs it well,
+        else fp32 (fp16 overflows in these models). Weights stay as stored; layers cast at use."""
+        load, _ = self._devices(kind)
+        if kind == "vae":
+            return mm.vae_dtype(load, [torch.bfloat16, torch.float32])
+        return torch.bfloat16 if mm.should_use_bf16(load, prioritize_performance=False) else torch.float32
+
+    def operations(self, kind: str):
+        import comfy.ops
+
+        return comfy.ops.manual_cast  # cast at use: what lets the memory manager load layer by layer
+
+    def manage(self, module: torch.nn.Module, kind: str, dtype: torch.dtype | None = None) -> ComfyManaged:
+        load, offload = self._devices(kind)
+        return ComfyManaged(module, load, offload, dtype or self.module_dtype(kind))
+
+    def free_memory(self, device) -> int:
+        return mm.get_free_memory(device)
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return isinstance(error, mm.OOM_EXCEPTION)
+
+    def load_diffusion_model(self, model_file, weight_dtype: str = "default", attention_backend: str = "auto"):
+        """A native MODEL (ModelPatcher) for a checked diffusion-model file (loaders.diffusion_model)."""
+        from ...loaders.assign import assign_state_dict
+
+        spec = model_file.family
+        load_device = mm.get_torch_device()
+        offload_device = mm.unet_offload_device()
+        config = _model_config(spec, model_file.config, attention_backend)
+        if weight_dtype == "default":
+            unet_dtype = mm.unet_dtype(model_params=model_file.parameter_count,
+                                       supported_dtypes=config.supported_inference_dtypes,
+                                       weight_dtype=model_file.stored_dtype)
+        else:
+            unet_dtype = WEIGHT_DTYPES[weight_dtype]
+        manual_cast = mm.unet_manual_cast(unet_dtype, load_device, config.supported_inference_dtypes)
+        config.set_inference_dtype(unet_dtype, manual_cast)
+
+        model = config.get_model({}, device=offload_device)
+        assign_state_dict(model.diffusion_model, model_file.state_dict, model_file.path,
+                          model_file.description, dtype=unet_dtype)
+        if offload_device.type != "cpu":
+            model.diffusion_model.to(offload_device)
+        log.info("loaded %s as %s weights, compute %s", model_file.description, unet_dtype, manual_cast or unet_dtype)
+        return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+    def model_family(self, model) -> FamilySpec:
+        base = getattr(model, "model", None)
+        spec = getattr(base, "mmdit_family", None)
+        if spec is not None:
+            return spec
+        for candidate in FAMILIES.values():  # ComfyUI's own loaders' models work with our nodes too
+            native = getattr(comfy.model_base, candidate.comfy_model, None)
+            if native is not None and isinstance(base, native):
+                return candidate
+        raise TypeError(
+            f"this MODEL ({type(base).__name__}) is not a family this pack samples "
+            f"({', '.join(s.display_name for s in FAMILIES.values())})"
+        )
+
+    # --- sampling ------------------------------------------------------------------------------------
+    def sampler_names(self) -> list[str]:
+        return list(comfy.samplers.KSampler.SAMPLERS)
+
+    def scheduler_names(self) -> list[str]:
+        return list(comfy.samplers.KSampler.SCHEDULERS)
+
+    def scheduler_sigmas(self, scheduler: str, steps: int, shift: float) -> torch.Tensor:
+        """Sigmas from one of ComfyUI's schedulers over a flow model shifted by `shift` (the sigma grid
+        ModelSamplingAuraFlow(shift) gives; the timestep the network sees is the sigma itself)."""
+
+        class ShiftedFlow(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+            pass
+
+        sampling = ShiftedFlow()
+        sampling.set_parameters(shift=shift, multiplier=1.0)
+        return comfy.samplers.calculate_sigmas(sampling, scheduler, steps).cpu()
+
+    def progress(self, total: int, label: str = ""):
+        return comfy.utils.ProgressBar(total)
+
+    def throw_if_interrupted(self) -> None:
+        mm.throw_exception_if_processing_interrupted()
+
+    def sample(self, model, request: SamplingRequest) -> torch.Tensor:
+        import latent_preview
+
+        latent = comfy.sample.fix_empty_latent_channels(model, request.latent)
+        if request.add_noise:
+            noise = comfy.sample.prepare_noise(latent, request.seed, request.batch_index)
+        else:
+            noise = torch.zeros(latent.size(), dtype=latent.dtype, layout=latent.layout, device="cpu")
+        if request.guidance is not None and request.cfg != 1.0 and "sampler_cfg_function" not in model.model_options:
+            model = model.clone()
+            model.set_model_sampler_cfg_function(request.guidance)  # (cond, uncond, scale) form
+        steps = len(request.sigmas) - 1
+        callback = latent_preview.prepare_callback(model, steps)
+        return comfy.sample.sample_custom(
+            model, noise, request.cfg, comfy.samplers.sampler_object(request.sampler_name), request.sigmas,
+            request.positive, request.negative, latent, noise_mask=request.noise_mask, callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=request.seed,
+        )

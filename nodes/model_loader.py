@@ -1,0 +1,46 @@
+"""MMDiTModelLoader: a diffusion model file -> a native MODEL."""
+
+from __future__ import annotations
+
+from ..loaders.diffusion_model import read_diffusion_model
+from ..model_defs.attention import BACKENDS, available_backends
+from .common import CATEGORY, files_or_placeholder, log
+from .host import get_host
+
+WEIGHT_DTYPE_CHOICES = ["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp32"]
+
+
+class MMDiTModelLoader:
+    DESCRIPTION = ("Loads a Qwen-Image diffusion model from models/diffusion_models (or models/unet): the "
+                   "ComfyUI, diffusers or official layout, recognised from the file. Returns a native MODEL, "
+                   "so the core KSampler, LoRA loaders and ModelSampling nodes work with it.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    FILE_INPUTS = {"model_name": "diffusion_models"}  # input -> models folder (for workflow checks and the demo)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        host = get_host()
+        return {"required": {
+            "model_name": (files_or_placeholder(host.folder_files("diffusion_models"), "diffusion_models"),
+                           {"tooltip": "The diffusion model file. Family, layout and size are read from the file."}),
+            "weight_dtype": (WEIGHT_DTYPE_CHOICES, {
+                "default": "default",
+                "tooltip": "How weights are kept in memory. default: as ComfyUI decides for your GPU (usually "
+                           "as stored). fp8 halves memory of a bf16 file at a small quality cost.",
+            }),
+            "attention": (list(BACKENDS), {
+                "default": "auto",
+                "tooltip": "Attention kernel. auto: flash-attn when installed and usable, else PyTorch SDPA. "
+                           "A choice not available on this machine falls back to auto.",
+            }),
+        }}
+
+    def load(self, model_name, weight_dtype="default", attention="auto"):
+        host = get_host()
+        if attention not in available_backends():
+            log.warning("attention backend %s is not available here; using auto", attention)
+            attention = "auto"
+        model_file = read_diffusion_model(host.full_path("diffusion_models", model_name))
+        return (host.load_diffusion_model(model_file, weight_dtype=weight_dtype, attention_backend=attention),)

@@ -1,0 +1,90 @@
+"""MMDiTTextEncoderLoader and MMDiTTextEncode: prompts -> native CONDITIONING."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..loaders.text_encoder import LoadedTextEncoder, load_text_encoder
+from ..model_defs.families import FAMILIES
+from ..model_defs.text_encoders.qwen25vl import encode_prompts
+from .common import CATEGORY, files_or_placeholder
+from .host import get_host
+
+
+@dataclass
+class TextEncoderHandle:
+    """The MMDIT_TEXT_ENCODER value: encoder + tokenizer, the family whose template it applies, and the
+    host's handle that moves it to its device."""
+
+    loaded: LoadedTextEncoder
+    family: object  # FamilySpec
+    managed: object
+
+
+def _family_named(display_name: str):
+    for spec in FAMILIES.values():
+        if spec.display_name == display_name:
+            return spec
+    raise ValueError(f"unknown family {display_name!r}")
+
+
+class MMDiTTextEncoderLoader:
+    DESCRIPTION = ("Loads the text encoder a family needs from models/text_encoders: a single file "
+                   "(e.g. qwen_2.5_vl_7b.safetensors) or a Hugging Face / diffusers folder. The family sets "
+                   "the prompt template and the hidden state used.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("MMDIT_TEXT_ENCODER",)
+    FUNCTION = "load"
+    FILE_INPUTS = {"text_encoder_name": "text_encoders"}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = files_or_placeholder(get_host().folder_files("text_encoders"), "text_encoders")
+        families = [spec.display_name for spec in FAMILIES.values()]
+        return {"required": {
+            "text_encoder_name": (names, {"tooltip": "Qwen-Image: Qwen2.5-VL-7B (qwen_2.5_vl_7b*.safetensors)."}),
+            "family": (families, {"default": families[0],
+                                  "tooltip": "The model family the prompts are for (template and layer)."}),
+        }}
+
+    def load(self, text_encoder_name, family):
+        host = get_host()
+        spec = _family_named(family)
+        path = host.full_path("text_encoders", text_encoder_name)
+        dtype = host.module_dtype("text_encoder")
+        # Weights stay as stored (no full-precision copy); layers cast to the compute dtype at use.
+        loaded = load_text_encoder(path, tokenizer_search=host.tokenizer_dirs("qwen25"),
+                                   operations=host.operations("text_encoder"))
+        return (TextEncoderHandle(loaded, spec, host.manage(loaded.model, "text_encoder", dtype)),)
+
+
+class MMDiTTextEncode:
+    DESCRIPTION = ("Encodes a prompt with the family's chat template. Prompts longer than the family's limit "
+                   "(Qwen-Image: 1024 tokens) are refused rather than silently cut.")
+    CATEGORY = f"{CATEGORY}/conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder": ("MMDIT_TEXT_ENCODER",),
+            "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                "tooltip": "The prompt. For a negative prompt, a single space is a good default."}),
+        }}
+
+    def encode(self, text_encoder: TextEncoderHandle, text: str):
+        host = get_host()
+        spec = text_encoder.family
+        device = text_encoder.managed.load()
+        loaded = text_encoder.loaded
+        with torch.no_grad():
+            embeds, mask = encode_prompts(loaded.model, loaded.tokenizer, [text], spec.prompt_template,
+                                          max_tokens=spec.max_prompt_tokens, device=device,
+                                          dtype=text_encoder.managed.dtype)
+        extras = {}
+        if not bool(mask.all()):
+            extras["attention_mask"] = mask.to(host.intermediate_device())
+        return ([[embeds.to(host.intermediate_device(), torch.float32), extras]],)

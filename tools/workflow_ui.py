@@ -1,0 +1,123 @@
+"""Turn an API-format workflow into the UI format ComfyUI's frontend opens (and read widgets back).
+
+The shipped workflows are written once, in API format; their UI twins are generated from them with the
+nodes' INPUT_TYPES (`python cli.py ui-workflows`), so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+# The core ComfyUI nodes the shipped workflows use, with their signatures (ComfyUI's own, unchanged
+# since 2023), so workflows can be generated and checked without ComfyUI installed.
+CORE_NODES = {
+    "SaveImage": {
+        "input": {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
+        "output": [],
+    },
+    "PreviewImage": {"input": {"required": {"images": ("IMAGE",)}}, "output": []},
+}
+
+
+def is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
+
+
+def node_signature(class_type: str, node_classes: dict) -> tuple[dict, list[str]]:
+    """(ordered inputs {name: spec}, output types) of a node class."""
+    if class_type in node_classes:
+        cls = node_classes[class_type]
+        types = cls.INPUT_TYPES()
+        inputs = {**types.get("required", {}), **types.get("optional", {})}
+        return inputs, list(cls.RETURN_TYPES)
+    if class_type in CORE_NODES:
+        core = CORE_NODES[class_type]
+        return {**core["input"]["required"], **core["input"].get("optional", {})}, core["output"]
+    raise KeyError(f"unknown node type {class_type}")
+
+
+def widget_values(inputs: dict, values: dict) -> list:
+    """The frontend's widgets_values: widget inputs in declaration order; a seed widget with
+    control_after_generate carries its control mode right after it."""
+    out = []
+    for name, spec in inputs.items():
+        if not is_widget(spec):
+            continue
+        options = spec[1] if len(spec) > 1 else {}
+        out.append(values[name] if name in values else options.get("default"))
+        if options.get("control_after_generate"):
+            out.append("fixed")
+    return out
+
+
+def _depths(api: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(node_id):
+        if node_id not in depth:
+            links = [v[0] for v in api[node_id]["inputs"].values() if isinstance(v, list)]
+            depth[node_id] = 1 + max((visit(src) for src in links), default=-1)
+        return depth[node_id]
+
+    for node_id in api:
+        visit(node_id)
+    return depth
+
+
+def api_to_ui(api: dict, node_classes: dict) -> dict:
+    depth = _depths(api)
+    rows: dict[int, int] = {}
+    nodes, links = [], []
+    outputs: dict[tuple[str, int], list[int]] = {}
+    for node_id, node in api.items():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):
+                link_id = len(links) + 1
+                source, slot = value
+                _, source_outputs = node_signature(api[source]["class_type"], node_classes)
+                links.append([link_id, int(source), slot, int(node_id), None, source_outputs[slot]])
+                outputs.setdefault((source, slot), []).append(link_id)
+
+    order = sorted(api, key=lambda n: (depth[n], int(n)))
+    for position, node_id in enumerate(order):
+        node = api[node_id]
+        inputs, output_types = node_signature(node["class_type"], node_classes)
+        link_inputs = []
+        for name, spec in inputs.items():
+            if is_widget(spec):
+                continue
+            value = node["inputs"].get(name)
+            link_id = None
+            if isinstance(value, list):
+                link_id = next(l[0] for l in links if l[3] == int(node_id) and l[4] is None and
+                               l[1] == int(value[0]) and l[2] == value[1])
+                next(l for l in links if l[0] == link_id)[4] = len(link_inputs)
+            link_inputs.append({"name": name, "type": spec[0], "link": link_id})
+        column = depth[node_id]
+        row = rows.get(column, 0)
+        rows[column] = row + 1
+        nodes.append({
+            "id": int(node_id),
+            "type": node["class_type"],
+            "pos": [40 + 380 * column, 40 + 300 * row],
+            "size": [340, 120 + 26 * len(inputs)],
+            "flags": {},
+            "order": position,
+            "mode": 0,
+            "inputs": link_inputs,
+            "outputs": [{"name": t, "type": t, "links": outputs.get((node_id, i), []), "slot_index": i}
+                        for i, t in enumerate(output_types)],
+            "title": node.get("_meta", {}).get("title", node["class_type"]),
+            "properties": {"Node name for S&R": node["class_type"]},
+            "widgets_values": widget_values(inputs, node["inputs"]),
+        })
+    return {
+        "last_node_id": max(int(n) for n in api),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
