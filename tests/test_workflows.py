@@ -1,0 +1,102 @@
+"""Every shipped workflow: node types exist, widget values fit INPUT_TYPES, links join matching types."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
+from comfyui_mmdit.tools.workflow_ui import CORE_NODES, api_to_ui, is_widget, node_signature
+from comfyui_mmdit.loaders.readers import TORCH_PICKLE_SUFFIXES
+
+from helpers import ROOT
+
+API_WORKFLOWS = sorted((ROOT / "workflows").glob("*.api.json"))
+UI_WORKFLOWS = sorted(p for p in (ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf") + TORCH_PICKLE_SUFFIXES
+
+
+def test_there_are_workflows_and_each_has_a_ui_twin():
+    assert API_WORKFLOWS
+    assert {p.name.replace(".api.json", ".json") for p in API_WORKFLOWS} == {p.name for p in UI_WORKFLOWS}
+
+
+def check_value(class_type: str, name: str, spec, value):
+    """A widget value that ComfyUI's validation would accept (file lists: a model file name)."""
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 else {}
+    where = f"{class_type}.{name} = {value!r}"
+    if name in getattr(NODE_CLASS_MAPPINGS.get(class_type), "FILE_INPUTS", {}):
+        assert isinstance(value, str) and (value.endswith(MODEL_SUFFIXES) or "/" in value), where
+    elif isinstance(kind, (list, tuple)):
+        assert value in kind, f"{where} is not one of {kind}"
+    elif kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), where
+        assert options.get("min", value) <= value <= options.get("max", value), where
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)), where
+        assert options.get("min", value) <= value <= options.get("max", value), where
+    elif kind == "STRING":
+        assert isinstance(value, str), where
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), where
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.name)
+def test_api_workflow(path):
+    workflow = json.loads(path.read_text())
+    for node_id, node in workflow.items():
+        class_type = node["class_type"]
+        assert class_type in NODE_CLASS_MAPPINGS or class_type in CORE_NODES, f"unknown node {class_type}"
+        cls = NODE_CLASS_MAPPINGS.get(class_type)
+        inputs, _ = node_signature(class_type, NODE_CLASS_MAPPINGS)
+        required = cls.INPUT_TYPES()["required"] if cls else CORE_NODES[class_type]["input"]["required"]
+        assert not (set(required) - set(node["inputs"])), f"node {node_id} misses required inputs"
+        assert not (set(node["inputs"]) - set(inputs)), f"node {node_id} has unknown inputs"
+        for name, value in node["inputs"].items():
+            spec = inputs[name]
+            if isinstance(value, list):  # a link: [source node, output index]
+                source, slot = value
+                assert source in workflow, f"node {node_id}.{name} links to missing node {source}"
+                _, outputs = node_signature(workflow[source]["class_type"], NODE_CLASS_MAPPINGS)
+                assert slot < len(outputs) and outputs[slot] == spec[0], \
+                    f"node {node_id}.{name} expects {spec[0]}, linked to a {outputs[slot:slot + 1]}"
+            else:
+                assert is_widget(spec), f"node {node_id}.{name} needs a link"
+                check_value(class_type, name, spec, value)
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
+def test_ui_workflow(path):
+    workflow = json.loads(path.read_text())
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        inputs, outputs = node_signature(node["type"], NODE_CLASS_MAPPINGS)
+        widgets = [(n, s) for n, s in inputs.items() if is_widget(s)]
+        values = list(node["widgets_values"])
+        for name, spec in widgets:
+            check_value(node["type"], name, spec, values.pop(0))
+            if len(spec) > 1 and spec[1].get("control_after_generate"):
+                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+        assert values == [], f"{node['type']} has extra widget values {values}"
+        for slot, entry in enumerate(node["inputs"]):
+            assert inputs[entry["name"]][0] == entry["type"]
+            link = links[entry["link"]]
+            assert (link[3], link[4]) == (node["id"], slot)
+            assert link[5] == entry["type"]
+        for slot, entry in enumerate(node["outputs"]):
+            assert entry["type"] == outputs[slot]
+            for link_id in entry["links"]:
+                assert links[link_id][1:3] == [node["id"], slot]
+    for link_id, source, slot, target, target_slot, kind in workflow["links"]:
+        _, outputs = node_signature(nodes[source]["type"], NODE_CLASS_MAPPINGS)
+        assert outputs[slot] == kind
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.name)
+def test_ui_twin_is_up_to_date(path):
+    """The UI workflow is generated from the API one (python cli.py ui-workflows): they never drift."""
+    twin = path.with_name(path.name.replace(".api.json", ".json"))
+    assert json.loads(twin.read_text()) == api_to_ui(json.loads(path.read_text()), NODE_CLASS_MAPPINGS)
