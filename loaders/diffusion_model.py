@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -42,6 +43,9 @@ def expected_shapes(family: FamilySpec, config) -> dict[str, tuple[int, ...]]:
 
 
 def read_diffusion_model(path, checkpoint: Checkpoint | None = None) -> DiffusionModelFile:
+    path = Path(path)
+    if path.is_dir() and (path / "transformer").is_dir():
+        path = path / "transformer"  # a diffusers repo root: the diffusion model is in transformer/
     checkpoint = checkpoint or open_checkpoint(path)
     identity = find_component(checkpoint, DIFFUSION_MODEL)
     family = family_spec(identity.family)

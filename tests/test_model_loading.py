@@ -115,3 +115,22 @@ def test_unrecognised_and_unreadable_files(tmp_path):
     pickle = tmp_path / "evil.ckpt"
     pickle.write_bytes(b"not a zip and not a pickle")
     _expect_error(pickle, "could not be read")
+
+
+def test_diffusers_folders_load(tmp_path, state, reference_output):
+    """A diffusers transformer/ folder (sharded, with an index) and the repo root that holds it."""
+    import json
+
+    folder = tmp_path / "Qwen-Image" / "transformer"
+    keys = sorted(state)
+    half = len(keys) // 2
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[:half],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[half:]}
+    weight_map = {}
+    for name, shard_keys in shards.items():
+        write_safetensors({k: state[k] for k in shard_keys}, folder / name)
+        weight_map.update({k: name for k in shard_keys})
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for path in (folder, folder.parent):
+        model = StandaloneHost(models_dir=tmp_path, device="cpu").load_diffusion_model(read_diffusion_model(path))
+        torch.testing.assert_close(_forward(model.network), reference_output, atol=1e-6, rtol=0)
