@@ -14,3 +14,29 @@ if "comfyui_mmdit" not in sys.modules:
     package.__path__ = [str(ROOT)]  # subpackages import without running the ComfyUI entry point
     package.__file__ = str(ROOT / "__init__.py")
     sys.modules["comfyui_mmdit"] = package
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def standalone_host_outside_comfyui_tests(request):
+    """Tests outside tests/comfyui run on the standalone host even after ComfyUI was imported in-process
+    by the ComfyUI tests (the host is chosen once per process, by whether ComfyUI is loaded)."""
+    if "comfyui" in request.node.path.parts:
+        yield
+        return
+    from comfyui_mmdit.nodes import host
+
+    previous = host._host
+    if host.running_in_comfyui() and getattr(previous, "name", None) != "standalone":
+        host.set_host(None)
+        original = host.running_in_comfyui
+        host.running_in_comfyui = lambda: False
+        try:
+            yield
+        finally:
+            host.running_in_comfyui = original
+            host.set_host(previous)
+    else:
+        yield

@@ -112,13 +112,24 @@ def _model_config(spec: FamilySpec, network_config, attention_backend: str):
     return MMDiTModelConfig({"image_model": f"mmdit_{spec.name}"})
 
 
+class _Holder(torch.nn.Module):
+    """A plain module around a text encoder or VAE: ModelPatcher writes bookkeeping attributes (device,
+    loaded memory, ...) onto the module it manages, which transformers models refuse (read-only
+    properties)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
 class ComfyManaged:
     """A text encoder or VAE under ComfyUI's memory manager."""
 
     def __init__(self, module, load_device, offload_device, dtype):
         self.module = module
         self.dtype = dtype
-        self.patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+        self.patcher = comfy.model_patcher.ModelPatcher(_Holder(module), load_device=load_device,
+                                                        offload_device=offload_device)
         self.load_device = load_device
 
     def load(self, memory_required: int = 0) -> torch.device:
