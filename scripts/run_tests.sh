@@ -11,7 +11,7 @@ fi
 if [ -n "${COMFYUI_PATH:-}" ]; then
     export COMFYUI_PATH
     echo "ComfyUI integration tests: on ($COMFYUI_PATH)"
-    bash tests/integration/setup_comfyui_env.sh "$COMFYUI_PATH"
+    bash tests/comfyui/setup_comfyui_env.sh "$COMFYUI_PATH"
 else
     echo "ComfyUI integration tests: skipped (set COMFYUI_PATH to a ComfyUI checkout to run them)"
 fi

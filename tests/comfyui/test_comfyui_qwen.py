@@ -1,0 +1,136 @@
+"""The pack inside a real ComfyUI (in-process): native MODEL under ComfyUI's samplers, memory manager and
+LoRA loader; the MMDiTSampler inside ComfyUI gives the image the standalone path (and so diffusers) gives.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+QWEN = "Qwen-Image"
+PROMPT = "a red fox in the snow"
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_inprocess, tmp_path_factory):
+    """The pack's nodes with ComfyUI as host, tiny Qwen-Image files registered in ComfyUI's folders."""
+    from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+    models = tmp_path_factory.mktemp("comfy_models")
+    for folder, name in (("diffusion_models", "tiny.safetensors"), ("text_encoders", "tiny.safetensors"),
+                         ("vae", "tiny_vae.safetensors")):
+        write_tiny_component(folder, models / folder / name)
+        comfy_inprocess.folder_paths.add_model_folder_path(folder, str(models / folder), is_default=True)
+
+    from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
+    from comfyui_mmdit.nodes import host
+
+    host.set_host(None)  # chosen afresh: ComfyUI is loaded, so the ComfyUI host
+    assert host.get_host().name == "comfyui"
+    yield NODE_CLASS_MAPPINGS, models
+    host.set_host(None)
+
+
+@pytest.fixture(scope="module")
+def graph(pack):
+    nodes, _ = pack
+    model, = nodes["MMDiTModelLoader"]().load("tiny.safetensors")
+    encoder, = nodes["MMDiTTextEncoderLoader"]().load("tiny.safetensors", QWEN)
+    positive, = nodes["MMDiTTextEncode"]().encode(encoder, PROMPT)
+    negative, = nodes["MMDiTTextEncode"]().encode(encoder, " ")
+    latent, = nodes["MMDiTEmptyLatent"]().generate(QWEN, "custom (width x height)", 64, 48, 2)
+    vae, = nodes["MMDiTVAELoader"]().load("tiny_vae.safetensors")
+    return dict(model=model, positive=positive, negative=negative, latent=latent, vae=vae)
+
+
+def test_loader_returns_a_native_model(comfy_inprocess, graph):
+    model = graph["model"]
+    assert isinstance(model, comfy_inprocess.comfy.model_patcher.ModelPatcher)
+    # ComfyUI's own Qwen-Image class (LoRA key formats, isinstance checks of other nodes work).
+    assert isinstance(model.model, comfy_inprocess.comfy.model_base.QwenImage)
+    layers = [m for m in model.model.diffusion_model.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers and all(hasattr(m, "comfy_cast_weights") for m in layers)  # built from ComfyUI's ops
+
+
+def _mmdit_sample(nodes, graph, model=None, **settings):
+    samples, = nodes["MMDiTSampler"]().sample(model or graph["model"], graph["positive"], graph["negative"],
+                                              graph["latent"], 5, steps=3, cfg=4.0, **settings)
+    return samples["samples"]
+
+
+def test_mmdit_sampler_in_comfyui_matches_the_standalone_pipeline(pack, graph):
+    """The standalone path matches diffusers' QwenImagePipeline (tests/test_pipeline_parity.py); inside
+    ComfyUI the same node runs on ComfyUI's euler sampler, CFG hook and model sampling."""
+    nodes, models = pack
+    in_comfyui = _mmdit_sample(nodes, graph)
+
+    from comfyui_mmdit.nodes import host
+    from comfyui_mmdit.nodes.host.standalone import StandaloneHost
+
+    host.set_host(StandaloneHost(models_dir=models, device="cpu"))
+    try:
+        model, = nodes["MMDiTModelLoader"]().load("tiny.safetensors")
+        encoder, = nodes["MMDiTTextEncoderLoader"]().load("tiny.safetensors", QWEN)
+        positive, = nodes["MMDiTTextEncode"]().encode(encoder, PROMPT)
+        negative, = nodes["MMDiTTextEncode"]().encode(encoder, " ")
+        standalone, = nodes["MMDiTSampler"]().sample(model, positive, negative, graph["latent"], 5, steps=3, cfg=4.0)
+    finally:
+        host.set_host(None)
+    assert in_comfyui.shape == (2, 16, 1, 6, 8)
+    torch.testing.assert_close(in_comfyui, standalone["samples"], atol=1e-4, rtol=1e-5)
+
+
+def test_comfyui_schedulers_and_samplers(pack, graph):
+    nodes, _ = pack
+    for scheduler in ("simple", "beta", "karras"):
+        out = _mmdit_sample(nodes, graph, scheduler=scheduler, sampler_name="dpmpp_2m")
+        assert out.shape == (2, 16, 1, 6, 8) and torch.isfinite(out).all()
+
+
+def test_core_ksampler_and_vae_decode(comfy_inprocess, pack, graph):
+    nodes, _ = pack
+    from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
+
+    model, = ModelSamplingAuraFlow().patch_aura(graph["model"], 3.1)  # as ComfyUI's Qwen-Image template does
+    samples, = comfy_inprocess.nodes.KSampler().sample(model, 1, 4, 2.5, "euler", "simple", graph["positive"], graph["negative"],
+                                      graph["latent"])
+    images, = nodes["MMDiTVAEDecode"]().decode(samples, graph["vae"])
+    assert images.shape == (2, 48, 64, 3)
+
+
+def test_low_vram_partial_loading_gives_the_same_result(comfy_inprocess, pack, graph):
+    """With a budget smaller than the model, the memory manager leaves layers on the offload device and
+    casts them at use; the result must not change."""
+    nodes, _ = pack
+    reference = _mmdit_sample(nodes, graph)
+    model = graph["model"].clone()
+    budget = comfy_inprocess.comfy.model_management.module_size(model.model.diffusion_model) // 4
+    model.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
+    try:
+        streamed = [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert model.model.model_lowvram and streamed
+        torch.testing.assert_close(_mmdit_sample(nodes, graph, model=model), reference, atol=1e-5, rtol=1e-5)
+    finally:
+        model.unpatch_model(torch.device("cpu"))
+
+
+def test_core_lora_loader_patches_our_network(comfy_inprocess, pack, graph):
+    """A LoRA in the diffusers/Qwen key format, through ComfyUI's LoRA loader, changes exactly the weights
+    it targets by up @ down * strength."""
+    comfy = comfy_inprocess.comfy
+    network = graph["model"].model.diffusion_model
+    target = "transformer_blocks.0.attn.to_q"
+    weight = network.get_submodule(target).weight.detach().float().clone()
+    g = torch.Generator().manual_seed(0)
+    down = torch.randn(4, weight.shape[1], generator=g) * 0.1
+    up = torch.randn(weight.shape[0], 4, generator=g) * 0.1
+    lora = {f"transformer.{target}.lora_A.weight": down, f"transformer.{target}.lora_B.weight": up}
+    patched, _ = comfy.sd.load_lora_for_models(graph["model"], None, lora, 0.7, 0)
+    assert len(patched.patches) == 1  # the key format was understood
+    patched.patch_model(device_to=torch.device("cpu"))
+    try:
+        new = patched.model.diffusion_model.get_submodule(target).weight.detach().float()
+        torch.testing.assert_close(new, weight + 0.7 * up @ down, atol=1e-5, rtol=1e-5)
+    finally:
+        patched.unpatch_model(torch.device("cpu"))
+    torch.testing.assert_close(network.get_submodule(target).weight.detach().float(), weight)

@@ -1,0 +1,62 @@
+"""The pack in a real ComfyUI server: it loads from custom_nodes/, its nodes are listed, and the shipped
+API workflow runs through /prompt on tiny checkpoints written in the published layouts."""
+
+import json
+
+from PIL import Image
+
+from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
+
+from helpers import ROOT
+
+
+def test_pack_loads_without_import_errors(comfy_server):
+    # ComfyUI lists each custom-node folder with its import time, marked "(IMPORT FAILED)" on failure.
+    pack_lines = [line for line in comfy_server.log_text().splitlines() if "custom_nodes/ComfyUI-MMDiT" in line]
+    assert pack_lines, comfy_server.log_tail()
+    assert not any("IMPORT FAILED" in line for line in pack_lines), pack_lines
+    info = comfy_server.object_info()
+    missing = set(NODE_CLASS_MAPPINGS) - set(info)
+    assert not missing, f"nodes not registered in ComfyUI: {missing}"
+    # The loaders list what ComfyUI's folders hold, and the sampler offers ComfyUI's own lists.
+    assert "qwen_image_bf16.safetensors" in info["MMDiTModelLoader"]["input"]["required"]["model_name"][0]
+    schedulers = info["MMDiTSampler"]["input"]["required"]["scheduler"][0]
+    assert schedulers[0] == "family default" and "karras" in schedulers
+    assert "dpmpp_2m" in info["MMDiTSampler"]["input"]["required"]["sampler_name"][0]
+
+
+def test_core_only_workflow_runs(comfy_server):
+    """The harness itself: ComfyUI executes a prompt of core nodes and writes its output."""
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 1, "color": 255}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "core_check"}},
+    }
+    entry = comfy_server.wait_for(comfy_server.queue_prompt(workflow), timeout=60)
+    (path,) = comfy_server.outputs(entry)
+    assert Image.open(path).size == (32, 24)
+
+
+def test_shipped_qwen_image_workflow_runs(comfy_server):
+    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow["5"]["inputs"].update(aspect="custom (width x height)", width=96, height=64, batch_size=2)
+    workflow["6"]["inputs"].update(steps=3)  # tiny random models: a pipeline check, a few steps suffice
+    entry = comfy_server.wait_for(comfy_server.queue_prompt(workflow), timeout=300)
+    paths = comfy_server.outputs(entry)
+    assert len(paths) == 2
+    for path in paths:
+        assert Image.open(path).size == (96, 64)
+
+
+def test_bad_file_is_a_clear_error_and_comfyui_keeps_running(comfy_server):
+    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow["1"]["inputs"]["model_name"] = "qwen_image_vae.safetensors"  # a VAE given to the model loader
+    (comfy_server.base_dir / "models" / "diffusion_models" / "qwen_image_vae.safetensors").symlink_to(
+        comfy_server.base_dir / "models" / "vae" / "qwen_image_vae.safetensors")
+    prompt_id = comfy_server.queue_prompt(workflow)
+    try:
+        comfy_server.wait_for(prompt_id, timeout=120)
+        raise AssertionError("the workflow should have failed")
+    except RuntimeError as error:
+        message = str(error)
+    assert "is not a diffusion model" in message and "Qwen-Image VAE" in message
+    assert comfy_server.object_info()  # still serving
