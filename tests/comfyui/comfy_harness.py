@@ -140,7 +140,8 @@ class ComfyServer:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+            body = response.read()
+        return json.loads(body) if body.strip() else None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -157,13 +158,19 @@ class ComfyServer:
         except urllib.error.HTTPError as e:  # validation errors come back as 400 with details
             raise RuntimeError(f"ComfyUI refused the workflow: {e.read().decode(errors='replace')}") from None
 
-    def wait_for(self, prompt_id: str, timeout: float = 300.0) -> dict:
+    def interrupt(self) -> None:
+        self._request("/interrupt", {})
+
+    def wait_for(self, prompt_id: str, timeout: float = 300.0, allow_failure: bool = False) -> dict:
+        """The history entry of a finished prompt; a failed one raises unless allow_failure."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             history = self._request(f"/history/{prompt_id}")
             if prompt_id in history:
                 entry = history[prompt_id]
                 status = entry.get("status", {})
+                if allow_failure:
+                    return entry
                 if status.get("status_str") == "error" or not status.get("completed", True):
                     errors = [m for m in status.get("messages", []) if m[0] == "execution_error"]
                     raise RuntimeError(f"workflow failed: {json.dumps(errors)[:3000]}\n{self.log_tail()}")

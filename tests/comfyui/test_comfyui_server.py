@@ -60,3 +60,20 @@ def test_bad_file_is_a_clear_error_and_comfyui_keeps_running(comfy_server):
         message = str(error)
     assert "is not a diffusion model" in message and "Qwen-Image VAE" in message
     assert comfy_server.object_info()  # still serving
+
+
+def test_interrupt_stops_sampling(comfy_server):
+    import time
+
+    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow["5"]["inputs"].update(aspect="custom (width x height)", width=32, height=32)
+    workflow["6"]["inputs"].update(steps=1000, seed=99)  # far longer than the test waits
+    prompt_id = comfy_server.queue_prompt(workflow)
+    time.sleep(3)
+    started = time.monotonic()
+    comfy_server.interrupt()
+    entry = comfy_server.wait_for(prompt_id, timeout=60, allow_failure=True)
+    assert time.monotonic() - started < 30
+    messages = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in messages, messages
+    assert not comfy_server.outputs(entry)
