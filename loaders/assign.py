@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ModelFileError, summarize_keys
+from .quant.tensor import is_quantized, logical_shape
 
 
 def module_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -53,7 +54,7 @@ def assign_state_dict(module: torch.nn.Module, state_dict: dict[str, torch.Tenso
     so the peak is the final weights plus one tensor. On any failure after the check (out of memory while
     moving, say) the module is put back on the meta device, so no half-loaded weights keep memory alive.
     """
-    check_shapes(path, description, {k: tuple(t.shape) for k, t in state_dict.items()}, module_shapes(module))
+    check_shapes(path, description, {k: logical_shape(t) for k, t in state_dict.items()}, module_shapes(module))
     try:
         prepared = {name: _prepare(t, dtype, device) for name, t in state_dict.items()}
         module.load_state_dict(prepared, strict=True, assign=True)
@@ -68,6 +69,8 @@ def assign_state_dict(module: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 
 def _prepare(tensor: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
+    if is_quantized(tensor):  # stays quantized unless a weight dtype was asked for explicitly
+        return tensor.dequantize(dtype, device) if dtype is not None else tensor.to(device=device)
     if dtype is not None and not tensor.is_floating_point():
         dtype = None  # integer/bool tensors (counters, indices) keep their type
     if device is None and dtype is None:

@@ -19,6 +19,7 @@ from ..model_defs.ops import StandaloneOps
 from .detection import DIFFUSION_MODEL, Identity, find_component
 from .assign import check_shapes, module_shapes
 from .errors import ModelFileError
+from .quant.tensor import is_quantized
 from .readers import Checkpoint, open_checkpoint
 
 
@@ -31,10 +32,13 @@ class DiffusionModelFile:
     state_dict: dict[str, torch.Tensor]  # memory-mapped, keys in the network's names
     stored_dtype: torch.dtype  # the dtype most weights are stored in
     parameter_count: int
+    quantized: bool = False  # holds QuantizedTensor weights (scaled FP8, GGUF): needs quantized ops
 
     @property
     def description(self) -> str:
-        return f"{self.identity.description} ({self.family.display_name}, {self.parameter_count / 1e9:.2f}B params)"
+        storage = "quantized" if self.quantized else str(self.stored_dtype).replace("torch.", "")
+        return (f"{self.identity.description} ({self.family.display_name}, {self.parameter_count / 1e9:.2f}B "
+                f"params, {storage})")
 
 
 def expected_shapes(family: FamilySpec, config) -> dict[str, tuple[int, ...]]:
@@ -65,4 +69,6 @@ def read_diffusion_model(path, checkpoint: Checkpoint | None = None) -> Diffusio
     dtypes = Counter(checkpoint.dtype(k) for k in keys if len(checkpoint.shape(k)) >= 2)
     stored_dtype = dtypes.most_common(1)[0][0] if dtypes else torch.float32
     count = sum(torch.Size(s).numel() for s in shapes.values())
-    return DiffusionModelFile(str(checkpoint.path), identity, family, config, state_dict, stored_dtype, count)
+    quantized = any(is_quantized(t) for t in state_dict.values())
+    return DiffusionModelFile(str(checkpoint.path), identity, family, config, state_dict, stored_dtype, count,
+                              quantized)

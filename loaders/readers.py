@@ -272,25 +272,33 @@ def open_checkpoint(path) -> Checkpoint:
         indexes = sorted(path.glob("*.safetensors.index.json"))
         files = sorted(path.glob("*.safetensors"))
         if indexes:
-            return ShardedCheckpoint(indexes[0])
+            return _with_quantization(ShardedCheckpoint(indexes[0]))
         if len(files) == 1:
-            return SafetensorsFile(files[0])
+            return _with_quantization(SafetensorsFile(files[0]))
         raise ModelFileError(path, "is a folder without a single safetensors file or a sharded index",
                              found=f"{len(files)} .safetensors files")
     name = path.name.lower()
     if name.endswith(".safetensors.index.json"):
-        return ShardedCheckpoint(path)
+        return _with_quantization(ShardedCheckpoint(path))
     if name.endswith(".safetensors") or name.endswith(".sft"):
-        return SafetensorsFile(path)
+        return _with_quantization(SafetensorsFile(path))
     if name.endswith(TORCH_PICKLE_SUFFIXES):
         return TorchPickleFile(path)
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic == b"GGUF":
-        raise ModelFileError(path, "is a GGUF file, which this version of the pack cannot read yet",
-                             expected="a .safetensors file")
+    if name.endswith(".gguf") or magic == b"GGUF":
+        from .gguf_reader import GGUFFile
+
+        return GGUFFile(path)
     raise ModelFileError(path, "has a file type this pack does not read",
-                         found=path.suffix or "no extension", expected=".safetensors, .pt, .ckpt or .bin")
+                         found=path.suffix or "no extension", expected=".safetensors, .gguf, .pt, .ckpt or .bin")
+
+
+def _with_quantization(checkpoint: Checkpoint) -> Checkpoint:
+    """Scaled FP8 files: present each weight with its scale folded in (see quant/fp8.py)."""
+    from .quant.fp8 import FP8ScaledView
+
+    return FP8ScaledView(checkpoint) if FP8ScaledView.applies_to(checkpoint) else checkpoint
 
 
 def load_state_dict(checkpoint: Checkpoint, keys=None) -> dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ from ..model_defs.text_encoders import qwen25vl
 from .assign import assign_state_dict
 from .detection import TEXT_ENCODER, find_component
 from .errors import ModelFileError
+from .quant.ops import quantized_ops
+from .quant.tensor import is_quantized
 from .readers import Checkpoint, open_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -113,8 +115,11 @@ def load_text_encoder(path, tokenizer_path=None, tokenizer_search=(), dtype: tor
     # Tokenizer first: a missing tokenizer should not cost a multi-GB load.
     tokenizer = load_tokenizer(Path(tokenizer_path) if tokenizer_path else find_tokenizer(Path(path), tokenizer_search))
 
-    model = qwen25vl.build_text_model(config, operations or StandaloneOps, dtype=dtype)
     state_dict = {name: checkpoint.tensor(key) for key, name in names.items()}
+    operations = operations or StandaloneOps
+    if any(is_quantized(t) for t in state_dict.values()):
+        operations = quantized_ops(operations)  # FP8 / GGUF weights stay quantized, dequantized per layer
+    model = qwen25vl.build_text_model(config, operations, dtype=dtype)
     description = f"{identity.description} ({config.num_hidden_layers} layers, hidden {config.hidden_size})"
     assign_state_dict(model, state_dict, checkpoint.path, description, dtype=dtype, device=device)
     model.rotary_emb.to(device)

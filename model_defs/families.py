@@ -35,6 +35,9 @@ class FamilySpec:
     # differ by the per-sample sigma factor, so any rule homogeneous in its inputs works in either).
     guidance: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
     aspect_presets: dict = field(default_factory=dict)
+    # Quantized files: name fragments of tensors kept at full precision, and of tensors kept at >= 8 bits.
+    precise_tensors: tuple[str, ...] = ()
+    eight_bit_tensors: tuple[str, ...] = ()
     prompt_template: str = "{}"  # the text encoder's chat template; "{}" marks the prompt
     max_prompt_tokens: int = 1024
     # ComfyUI's native classes for the family (comfy.model_base / comfy.supported_models), the model type
@@ -63,6 +66,8 @@ QWEN_IMAGE = FamilySpec(
     common_shift=qwen_family.COMMON_SHIFT,
     guidance=qwen_true_cfg,
     aspect_presets=qwen_family.ASPECT_PRESETS,
+    precise_tensors=qwen_family.PRECISE_TENSORS,
+    eight_bit_tensors=qwen_family.EIGHT_BIT_TENSORS,
     prompt_template=qwen_family.PROMPT_TEMPLATE,
     max_prompt_tokens=qwen_family.MAX_PROMPT_TOKENS,
     comfy_model="QwenImage",

@@ -60,3 +60,10 @@ ASPECT_PRESETS = {
     "3:2 (1584x1056)": (1584, 1056),
     "2:3 (1056x1584)": (1056, 1584),
 }
+
+# Quantized files (the pack's converter): what stays precise. 1-D tensors (norms, biases) always do;
+# these are small and the model is sensitive to them: input embeddings, timestep embedding, final layer.
+PRECISE_TENSORS = ("img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")
+# Per-block modulation: a third of the model's weights, too big to keep at full precision on a 12-24 GB
+# card, so kept at 8 bits at least whatever the file's type.
+EIGHT_BIT_TENSORS = (".img_mod.", ".txt_mod.")

@@ -12,13 +12,16 @@ LoRA key formats), CFGNorm, block-swap patches and low-VRAM partial loading all 
 
 from __future__ import annotations
 
+import collections
 import logging
 from pathlib import Path
 
 import torch
 
+import comfy.lora
 import comfy.model_base
 import comfy.model_management as mm
+import comfy.ops
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
@@ -112,6 +115,30 @@ def _model_config(spec: FamilySpec, network_config, attention_backend: str):
     return MMDiTModelConfig({"image_model": f"mmdit_{spec.name}"})
 
 
+_Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ModelPatcher's backup record
+
+
+class MMDiTModelPatcher(comfy.model_patcher.ModelPatcher):
+    """ComfyUI's ModelPatcher, plus LoRA merging into quantized weights.
+
+    ComfyUI's own merge casts a weight to float32 by allocating an empty float tensor and copying the
+    stored bytes into it, which is wrong for quantized data; here a quantized weight is dequantized on the
+    target device, patched, and handed to its layer's set_weight (which keeps it at 8 bits)."""
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False):
+        if key not in self.patches:
+            return
+        from ...loaders.quant.tensor import is_quantized
+
+        weight, set_func, _ = comfy.model_patcher.get_key_weight(self.model, key)
+        if not is_quantized(weight) or set_func is None:
+            return super().patch_weight_to_device(key, device_to, inplace_update)
+        if key not in self.backup:  # the original quantized weight, restored by unpatch_model
+            self.backup[key] = _Backup(weight, False)
+        merged = comfy.lora.calculate_weight(self.patches[key], weight.dequantize(torch.float32, device=device_to), key)
+        set_func(merged, inplace_update=False, seed=comfy.model_patcher.string_to_seed(key))
+
+
 class _Holder(torch.nn.Module):
     """A plain module around a text encoder or VAE: ModelPatcher writes bookkeeping attributes (device,
     loaded memory, ...) onto the module it manages, which transformers models refuse (read-only
@@ -201,26 +228,36 @@ class ComfyUIHost:
         """A native MODEL (ModelPatcher) for a checked diffusion-model file (loaders.diffusion_model)."""
         from ...loaders.assign import assign_state_dict
 
+        from ...loaders.quant.ops import quantized_ops
+
         spec = model_file.family
         load_device = mm.get_torch_device()
         offload_device = mm.unet_offload_device()
         config = _model_config(spec, model_file.config, attention_backend)
-        if weight_dtype == "default":
+        keep_quantized = model_file.quantized and weight_dtype == "default"
+        if keep_quantized:
+            # Weights stay quantized; the compute dtype is what the device runs best.
+            unet_dtype = mm.unet_dtype(model_params=model_file.parameter_count,
+                                       supported_dtypes=config.supported_inference_dtypes, weight_dtype=torch.bfloat16)
+            config.custom_operations = quantized_ops(comfy.ops.manual_cast)
+        elif weight_dtype == "default":
             unet_dtype = mm.unet_dtype(model_params=model_file.parameter_count,
                                        supported_dtypes=config.supported_inference_dtypes,
                                        weight_dtype=model_file.stored_dtype)
         else:
             unet_dtype = WEIGHT_DTYPES[weight_dtype]
         manual_cast = mm.unet_manual_cast(unet_dtype, load_device, config.supported_inference_dtypes)
+        if keep_quantized and manual_cast is None:
+            manual_cast = unet_dtype  # quantized layers always cast; say so to the model's input casting
         config.set_inference_dtype(unet_dtype, manual_cast)
 
         model = config.get_model({}, device=offload_device)
         assign_state_dict(model.diffusion_model, model_file.state_dict, model_file.path,
-                          model_file.description, dtype=unet_dtype)
+                          model_file.description, dtype=None if keep_quantized else unet_dtype)
         if offload_device.type != "cpu":
             model.diffusion_model.to(offload_device)
         log.info("loaded %s as %s weights, compute %s", model_file.description, unet_dtype, manual_cast or unet_dtype)
-        return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        return MMDiTModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
     def model_family(self, model) -> FamilySpec:
         base = getattr(model, "model", None)

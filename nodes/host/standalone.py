@@ -140,10 +140,13 @@ class StandaloneHost:
         from ...loaders.assign import assign_state_dict
         from ...model_defs.ops import StandaloneOps
 
+        from ...loaders.quant.ops import quantized_ops
+
         spec = model_file.family
         compute = self.compute_dtype()
         storage = None if weight_dtype == "default" else WEIGHT_DTYPES[weight_dtype]
-        network = spec.network_class(model_file.config, StandaloneOps, dtype=compute, device="meta",
+        ops = quantized_ops(StandaloneOps) if model_file.quantized else StandaloneOps
+        network = spec.network_class(model_file.config, ops, dtype=compute, device="meta",
                                      attention_backend=attention_backend)
         assign_state_dict(network, model_file.state_dict, model_file.path, model_file.description, dtype=storage)
         network.eval().to(self.device)

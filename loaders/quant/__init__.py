@@ -1,0 +1,1 @@
+"""Quantized weights (FP8 with scales, GGUF blocks): kept as stored, dequantized per layer at use."""

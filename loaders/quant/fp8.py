@@ -1,0 +1,106 @@
+"""FP8 safetensors: fold each layer's scale tensors into its weight, so loaders see plain weight names.
+
+Layouts read:
+* plain FP8: float8_e4m3fn / float8_e5m2 weights, no scales (cast at use, value = weight);
+* ComfyUI "scaled fp8": a root marker tensor `scaled_fp8`, and per layer `<layer>.scale_weight`
+  (value = weight * scale_weight) and optionally `<layer>.scale_input` (an activation scale for fp8
+  matmuls; not needed to compute in bf16/fp32, dropped);
+* ComfyUI's newer mixed-precision files: per layer `<layer>.comfy_quant` (UTF-8 JSON as uint8, e.g.
+  {"format": "float8_e4m3fn"}), `<layer>.weight_scale` and optionally `<layer>.input_scale`; layers
+  without comfy_quant stay in their stored precision.
+* an official release's separate scale map (`<layer>.weight` -> scale), given as `scale_map`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..errors import ModelFileError, summarize_keys
+from ..readers import Checkpoint
+from .tensor import FP8_SCALED, QuantizedTensor
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
+MARKERS = ("scaled_fp8",)
+SUPPORTED_COMFY_QUANT = ("float8_e4m3fn", "float8_e5m2")
+
+
+def _layer(key: str, suffix: str) -> str:
+    return key[: -len(suffix)]
+
+
+class FP8ScaledView(Checkpoint):
+    """A checkpoint whose FP8 weights come out as QuantizedTensor(fp8 * scale), scales and markers hidden."""
+
+    format = "safetensors-fp8"
+
+    def __init__(self, inner: Checkpoint, scale_map: dict[str, torch.Tensor] | None = None):
+        super().__init__(inner.path)
+        self.inner = inner
+        self.metadata = inner.metadata
+        keys = inner.keys()
+        key_set = set(keys)
+        self._scales: dict[str, str] = {}  # weight key -> scale key in the file
+        for key in keys:
+            for suffix in SCALE_SUFFIXES:
+                if key.endswith(suffix):
+                    self._scales[_layer(key, suffix) + ".weight"] = key
+        self._external = dict(scale_map or {})
+        self._check_formats(keys)
+        hidden = {k for k in keys if k in MARKERS or k.endswith(SCALE_SUFFIXES + DROPPED_SUFFIXES)}
+        self._keys = [k for k in keys if k not in hidden]
+        marked = any(k in MARKERS or k.endswith(SCALE_SUFFIXES) for k in keys) or bool(self._external)
+        orphans = [k for k in self._scales if k not in key_set]
+        if orphans:
+            raise ModelFileError(self.path, f"has scales for {len(orphans)} weights it does not contain",
+                                 found=summarize_keys(orphans))
+        if marked:
+            # A scaled file whose fp8 weight has no scale would silently compute with the wrong magnitude.
+            unscaled = [k for k in self._keys if inner.dtype(k) in FP8_DTYPES
+                        and k not in self._scales and k not in self._external]
+            if unscaled:
+                raise ModelFileError(
+                    self.path, f"is a scaled FP8 file, but {len(unscaled)} FP8 weights have no scale tensor",
+                    found=f"no scale for {summarize_keys(unscaled)}",
+                    expected="a <layer>.scale_weight (or <layer>.weight_scale) beside every FP8 <layer>.weight",
+                    hint="The file is incomplete or was written by a converter this pack does not know.",
+                )
+
+    def _check_formats(self, keys) -> None:
+        for key in keys:
+            if not key.endswith(".comfy_quant"):
+                continue
+            try:
+                info = json.loads(bytes(self.inner.tensor(key).to(torch.uint8).tolist()).decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                raise ModelFileError(self.path, f"has an unreadable quantization record {key!r}") from None
+            if info.get("format") not in SUPPORTED_COMFY_QUANT:
+                raise ModelFileError(
+                    self.path, f"uses a quantization format this pack cannot compute ({_layer(key, '.comfy_quant')})",
+                    found=str(info.get("format")), expected=", ".join(SUPPORTED_COMFY_QUANT),
+                )
+
+    @staticmethod
+    def applies_to(checkpoint: Checkpoint) -> bool:
+        return any(k in MARKERS or k.endswith(SCALE_SUFFIXES + (".comfy_quant",)) for k in checkpoint.keys())
+
+    def keys(self):
+        return self._keys
+
+    def shape(self, key):
+        return self.inner.shape(key)
+
+    def dtype(self, key):
+        return self.inner.dtype(key)
+
+    def tensor(self, key):
+        data = self.inner.tensor(key)
+        scale_key = self._scales.get(key)
+        scale = self.inner.tensor(scale_key) if scale_key else self._external.get(key)
+        if scale is None or data.dtype not in FP8_DTYPES:
+            return data
+        scale = scale.to(torch.float32).reshape(-1) if scale.numel() > 1 else scale.to(torch.float32).reshape(())
+        return QuantizedTensor(data, FP8_SCALED, data.shape, scale=scale)

@@ -1,0 +1,115 @@
+"""FP8 weights: plain, ComfyUI "scaled fp8" and the newer comfy_quant layout, for diffusion models and text
+encoders; kept as FP8 in memory, dequantized per layer; damaged files refused."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfyui_mmdit.loaders.diffusion_model import read_diffusion_model
+from comfyui_mmdit.loaders.errors import ModelFileError
+from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
+from comfyui_mmdit.loaders.readers import open_checkpoint
+from comfyui_mmdit.nodes.host.standalone import StandaloneHost
+from comfyui_mmdit.tools.convert import convert
+from comfyui_mmdit.tools.tiny_models import TINY_QWEN_DIT, tiny_qwen_dit_state_dict, write_safetensors
+
+# Relative output error of the tiny transformer against its bf16 original. FP8 e4m3 keeps 3 mantissa
+# bits (~3% per weight); errors average out over each dot product. Measured ~0.12%; bound with margin.
+FP8_REL_ERROR = 0.01
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fp8")
+    bf16 = write_safetensors(tiny_qwen_dit_state_dict(seed=3), root / "qwen_bf16.safetensors", dtype=torch.bfloat16)
+    scaled = convert(bf16, root / "qwen_fp8_scaled.safetensors", "fp8_scaled")
+    return root, bf16, scaled
+
+
+def _comfy_quant_variant(scaled, path):
+    """The same weights in ComfyUI's newer layout: weight_scale + comfy_quant, no root marker."""
+    state = load_file(str(scaled))
+    del state["scaled_fp8"]
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".scale_weight"):
+            layer = key[: -len(".scale_weight")]
+            out[layer + ".weight_scale"] = value
+            out[layer + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
+                                                       dtype=torch.uint8)
+        else:
+            out[key] = value
+    save_file(out, str(path))
+    return path
+
+
+def _output(host, path):
+    model = host.load_diffusion_model(read_diffusion_model(path))
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, 16, 8, 12, generator=g)
+    context = torch.randn(1, 6, TINY_QWEN_DIT.joint_attention_dim, generator=g)
+    with torch.no_grad():
+        return model, model.network(latent, torch.tensor([0.5]), context)
+
+
+def test_scaled_fp8_layouts_match_bf16(files, tmp_path):
+    root, bf16, scaled = files
+    host = StandaloneHost(models_dir=root, device="cpu")
+    _, reference = _output(host, bf16)
+    for path in (scaled, _comfy_quant_variant(scaled, tmp_path / "qwen_fp8_mixed.safetensors")):
+        model, out = _output(host, path)
+        weights = dict(model.network.named_parameters())
+        fp8 = [n for n, p in weights.items() if isinstance(p, QuantizedTensor)]
+        assert fp8 and all(weights[n].dtype == torch.float8_e4m3fn for n in fp8)  # kept as FP8 in memory
+        assert "transformer_blocks.0.attn.to_q.weight" in fp8
+        assert not isinstance(weights["proj_out.weight"], QuantizedTensor)  # final layer kept precise
+        error = ((out - reference).norm() / reference.norm()).item()
+        assert error < FP8_REL_ERROR, error
+
+
+def test_plain_fp8_file(files, tmp_path):
+    root, bf16, _ = files
+    state = {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 and "transformer_blocks" in k else v)
+             for k, v in load_file(str(bf16)).items()}
+    path = tmp_path / "qwen_image_fp8_e4m3fn.safetensors"
+    save_file(state, str(path))
+    model, out = _output(StandaloneHost(models_dir=root, device="cpu"), path)
+    assert model.network.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    assert torch.isfinite(out).all()
+
+
+def test_missing_scale_is_refused(files, tmp_path):
+    _, _, scaled = files
+    state = load_file(str(scaled))
+    del state["transformer_blocks.1.attn.to_v.scale_weight"]
+    path = tmp_path / "broken_fp8.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ModelFileError, match="1 FP8 weights have no scale tensor.*transformer_blocks.1.attn.to_v"):
+        open_checkpoint(path)
+
+
+def test_unknown_comfy_quant_format_is_refused(files, tmp_path):
+    _, _, scaled = files
+    path = _comfy_quant_variant(scaled, tmp_path / "nvfp4.safetensors")
+    state = load_file(str(path))
+    state["transformer_blocks.0.attn.to_q.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
+    save_file(state, str(path))
+    with pytest.raises(ModelFileError, match="quantization format this pack cannot compute.*nvfp4"):
+        open_checkpoint(path)
+
+
+def test_converter_refuses_quantized_input_and_unknown_types(files, tmp_path):
+    _, bf16, scaled = files
+    with pytest.raises(ModelFileError, match="already quantized"):
+        convert(scaled, tmp_path / "again.safetensors", "fp8_scaled")
+    with pytest.raises(ValueError, match="unknown target type"):
+        convert(bf16, tmp_path / "x.gguf", "Q3_X")
+
+
+def test_converter_records_the_family(files):
+    _, _, scaled = files
+    checkpoint = open_checkpoint(scaled)
+    assert checkpoint.metadata["mmdit.family"] == "qwen_image"
+    assert checkpoint.metadata["mmdit.quantization"] == "fp8_scaled"

@@ -1,0 +1,177 @@
+"""Convert a bf16/fp16 checkpoint (any layout the pack reads) into GGUF or scaled FP8.
+
+    python cli.py convert qwen_image_bf16.safetensors qwen_image-Q4_0.gguf --type Q4_0
+    python cli.py convert qwen_image_bf16.safetensors qwen_image_fp8_scaled.safetensors --type fp8_scaled
+
+Tensor names in the output are the pack's own (the ComfyUI layout), so ComfyUI's native loaders and
+ComfyUI-GGUF read the files too. What stays precise is the family's choice (model_defs): 1-D tensors,
+embeddings, modulation of the whole model and the final layer at full precision, per-block modulation at
+8 bits at least; everything else in the requested type. The family is recorded in the file's metadata
+(GGUF: general.architecture; safetensors: "mmdit.family").
+
+Tensors are read memory-mapped and written one at a time, so converting needs about one tensor's memory,
+not the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..loaders.detection import DIFFUSION_MODEL, TEXT_ENCODER, find_component, identify_all
+from ..loaders.errors import ModelFileError
+from ..loaders.quant.tensor import is_quantized
+from ..loaders.readers import open_checkpoint
+from ..model_defs.families import FAMILIES
+
+GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+FP8_SCALED = "fp8_scaled"
+TYPES = GGUF_TYPES + (FP8_SCALED,)
+GGUF_BLOCK = 32  # the block width of every type above
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)
+
+
+@dataclass
+class Plan:
+    name: str  # output name
+    key: str  # name in the source file
+    storage: str  # "precise", "q8" (8 bits at least) or "target"
+
+
+def plan_tensors(checkpoint, identity, family_spec) -> list[Plan]:
+    precise = family_spec.precise_tensors if family_spec else ()
+    eight_bit = family_spec.eight_bit_tensors if family_spec else ()
+    plans = []
+    for key in checkpoint.keys():
+        if not key.startswith(identity.prefix):
+            continue
+        name = key[len(identity.prefix):]
+        shape = checkpoint.shape(key)
+        if len(shape) < 2 or shape[-1] % GGUF_BLOCK or any(p in name for p in precise) or "embed_tokens" in name:
+            storage = "precise"
+        elif any(p in name for p in eight_bit):
+            storage = "q8"
+        else:
+            storage = "target"
+        plans.append(Plan(name, key, storage))
+    return plans
+
+
+def _source(path):
+    checkpoint = open_checkpoint(path)
+    parts = [p for p in identify_all(checkpoint) if p.supported and p.component in (DIFFUSION_MODEL, TEXT_ENCODER)]
+    if not parts:
+        find_component(checkpoint, DIFFUSION_MODEL)  # raises the detailed "what is this file" error
+    identity = parts[0]
+    quantized = [k for k in checkpoint.keys() if checkpoint.dtype(k) in (torch.float8_e4m3fn, torch.float8_e5m2)
+                 or is_quantized(checkpoint.tensor(k))]
+    if quantized:
+        raise ModelFileError(checkpoint.path, "is already quantized; convert from the bf16/fp16 file",
+                             found=f"{len(quantized)} quantized tensors")
+    return checkpoint, identity, FAMILIES.get(identity.family)
+
+
+def convert(source, target, qtype: str, progress=None) -> Path:
+    if qtype not in TYPES:
+        raise ValueError(f"unknown target type {qtype!r}; choose one of {', '.join(TYPES)}")
+    checkpoint, identity, family_spec = _source(source)
+    plans = plan_tensors(checkpoint, identity, family_spec)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"mmdit.family": identity.family, "mmdit.component": identity.component,
+                "mmdit.quantization": qtype, "mmdit.converted_from": Path(source).name}
+    if qtype == FP8_SCALED:
+        _write_fp8(checkpoint, plans, target, metadata, progress)
+    else:
+        _write_gguf(checkpoint, plans, target, qtype, identity.family, metadata, progress)
+    return target
+
+
+# --- GGUF ------------------------------------------------------------------------------------------------
+def _write_gguf(checkpoint, plans, target, qtype, family, metadata, progress):
+    import gguf
+
+    types = gguf.GGMLQuantizationType
+    writer = gguf.GGUFWriter(str(target), arch=family, use_temp_file=True)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in metadata.items():
+        writer.add_string(key, value)
+    for i, plan in enumerate(plans):
+        tensor = checkpoint.tensor(plan.key)
+        data = tensor.float().numpy()
+        if plan.storage == "precise":
+            if data.ndim < 2:
+                writer.add_tensor(plan.name, data.astype(np.float32))
+            else:
+                writer.add_tensor(plan.name, gguf.quants.quantize(data, types.BF16), raw_shape=data.shape,
+                                  raw_dtype=types.BF16)
+        else:
+            chosen = types.Q8_0 if plan.storage == "q8" else types[qtype]
+            writer.add_tensor(plan.name, gguf.quants.quantize(data, chosen), raw_shape=data.shape, raw_dtype=chosen)
+        if progress:
+            progress(i + 1, len(plans))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+# --- scaled FP8 (ComfyUI's "scaled_fp8" layout) ---------------------------------------------------------
+def _fp8_parts(tensor: torch.Tensor):
+    """(fp8 weight, float32 scalar scale) with the tensor's largest magnitude at the format's maximum."""
+    w = tensor.float()
+    scale = w.abs().max() / FP8_MAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (w / scale).to(torch.float8_e4m3fn), scale.reshape(())
+
+
+def _write_fp8(checkpoint, plans, target, metadata, progress):
+    last = {}  # the weight and its scale are written one after the other: quantize once
+
+    def parts(key):
+        if last.get("key") != key:
+            last.update(key=key, parts=_fp8_parts(checkpoint.tensor(key)))
+        return last["parts"]
+
+    entries = [("scaled_fp8", torch.float8_e4m3fn, (0,), lambda: torch.empty(0, dtype=torch.float8_e4m3fn))]
+    for plan in plans:
+        shape = checkpoint.shape(plan.key)
+        if plan.storage == "precise":
+            dtype = checkpoint.dtype(plan.key)
+            entries.append((plan.name, dtype, shape, lambda k=plan.key: checkpoint.tensor(k)))
+            continue
+        layer = plan.name[: -len(".weight")] if plan.name.endswith(".weight") else plan.name
+        entries.append((plan.name, torch.float8_e4m3fn, shape, lambda k=plan.key: parts(k)[0]))
+        entries.append((layer + ".scale_weight", torch.float32, (), lambda k=plan.key: parts(k)[1]))
+    write_safetensors_streaming(target, entries, metadata, progress)
+
+
+SAFETENSORS_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+                     torch.int32: "I32", torch.uint8: "U8"}
+
+
+def write_safetensors_streaming(path, entries, metadata=None, progress=None) -> None:
+    """Write a safetensors file tensor by tensor: entries are (name, dtype, shape, make_tensor)."""
+    header, offset = {}, 0
+    for name, dtype, shape, _ in entries:
+        size = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for i, (name, dtype, shape, make) in enumerate(entries):
+            tensor = make().to(dtype).contiguous().reshape(-1)
+            f.write(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            if progress:
+                progress(i + 1, len(entries))
