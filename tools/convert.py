@@ -108,11 +108,11 @@ def _write_gguf(checkpoint, plans, target, qtype, family, metadata, progress):
             if data.ndim < 2:
                 writer.add_tensor(plan.name, data.astype(np.float32))
             else:
-                writer.add_tensor(plan.name, gguf.quants.quantize(data, types.BF16), raw_shape=data.shape,
+                writer.add_tensor(plan.name, gguf.quants.quantize(data, types.BF16),
                                   raw_dtype=types.BF16)
         else:
             chosen = types.Q8_0 if plan.storage == "q8" else types[qtype]
-            writer.add_tensor(plan.name, gguf.quants.quantize(data, chosen), raw_shape=data.shape, raw_dtype=chosen)
+            writer.add_tensor(plan.name, gguf.quants.quantize(data, chosen), raw_dtype=chosen)
         if progress:
             progress(i + 1, len(plans))
     writer.write_header_to_file()

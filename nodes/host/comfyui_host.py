@@ -164,8 +164,24 @@ class ComfyManaged:
         return self.load_device
 
 
+GGUF_FOLDERS = ("diffusion_models", "text_encoders")
+
+
+def _register_gguf_extension() -> None:
+    """Let ComfyUI's folder lists show .gguf files in the model folders this pack reads GGUF from.
+    (The extension sets may be shared between folders: each gets its own extended copy.)"""
+    for kind in GGUF_FOLDERS:
+        paths, extensions = folder_paths.folder_names_and_paths[kind]
+        if ".gguf" not in extensions:
+            folder_paths.folder_names_and_paths[kind] = (paths, set(extensions) | {".gguf"})
+            getattr(folder_paths, "filename_list_cache", {}).pop(kind, None)
+
+
 class ComfyUIHost:
     name = "comfyui"
+
+    def __init__(self):
+        _register_gguf_extension()
 
     # --- files -------------------------------------------------------------------------------------
     def folder_files(self, kind: str) -> list[str]:
