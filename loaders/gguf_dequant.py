@@ -24,6 +24,10 @@ BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20)
           Q5_1: (32, 24), Q8_0: (32, 34), Q2_K: (256, 84), Q3_K: (256, 110), Q4_K: (256, 144),
           Q5_K: (256, 176), Q6_K: (256, 210), IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
 SUPPORTED_TYPES = set(BLOCKS)
+# Byte offsets of the fp16 scale fields inside one block of each quantized type (all other bytes are
+# packed integers, for which any value is legal).
+FP16_SCALE_OFFSETS = {Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), Q8_0: (0,), IQ4_NL: (0,),
+                      Q2_K: (80, 82), Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_XS: (0,)}
 IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 
@@ -51,13 +55,10 @@ def _nibbles(qs: torch.Tensor, n: int, width: int) -> torch.Tensor:
     return torch.cat([q & 0x0F, q >> 4], dim=2)
 
 
-def _bits(b: torch.Tensor, count: int) -> torch.Tensor:
-    """Little-endian bytes [n, k] -> their `count` lowest bits as [n, count] int (bit i at column i)."""
-    value = torch.zeros(b.shape[0], 1, dtype=torch.int64, device=b.device)
-    for i in range(b.shape[1]):
-        value = value | (b[:, i:i + 1].to(torch.int64) << (8 * i))
-    shifts = torch.arange(count, device=b.device, dtype=torch.int64)
-    return (value >> shifts) & 1
+def _bits(b: torch.Tensor) -> torch.Tensor:
+    """Bytes [n, k] -> their 8*k bits as [n, 8*k] uint8, little-endian (bit i of byte j at column 8*j+i)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=b.device)
+    return ((b.unsqueeze(-1) >> shifts) & 1).reshape(b.shape[0], -1)
 
 
 def _shift(q: torch.Tensor, shifts) -> torch.Tensor:
@@ -82,7 +83,7 @@ def _q4_1(b):  # fp16 d | fp16 m | 16 bytes of 4-bit q; x = d * q + m
 def _q5_0(b):  # fp16 d | 4 bytes: 5th bit of each value | 16 bytes of low 4 bits; x = d * (q - 16)
     n = b.shape[0]
     d = _fp16(b[:, :2])
-    high = _bits(b[:, 2:6], 32).to(torch.uint8)
+    high = _bits(b[:, 2:6])
     low = _nibbles(b[:, 6:], n, 16).reshape(n, -1)
     q = (low | (high << 4)).to(torch.int8) - 16
     return d * q.to(torch.float32)
@@ -91,7 +92,7 @@ def _q5_0(b):  # fp16 d | 4 bytes: 5th bit of each value | 16 bytes of low 4 bit
 def _q5_1(b):  # fp16 d | fp16 m | 4 bytes of 5th bits | 16 bytes of low 4 bits; x = d * q + m
     n = b.shape[0]
     d, m = _fp16(b[:, :2]), _fp16(b[:, 2:4])
-    high = _bits(b[:, 4:8], 32).to(torch.uint8)
+    high = _bits(b[:, 4:8])
     low = _nibbles(b[:, 8:], n, 16).reshape(n, -1)
     return (d * (low | (high << 4)).to(torch.float32)) + m
 

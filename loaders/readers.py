@@ -264,7 +264,12 @@ def _unwrap_state_dict(path, data) -> dict[str, torch.Tensor]:
 
 
 def open_checkpoint(path) -> Checkpoint:
-    """Open a model file, a sharded index, or a folder holding one of those."""
+    """Open a model file, a sharded index, or a folder holding one of those, quantization scales folded in."""
+    return _with_quantization(open_file(path))
+
+
+def open_file(path) -> Checkpoint:
+    """The file's tensors exactly as stored (no scales folded in)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(path, "does not exist")
@@ -272,16 +277,16 @@ def open_checkpoint(path) -> Checkpoint:
         indexes = sorted(path.glob("*.safetensors.index.json"))
         files = sorted(path.glob("*.safetensors"))
         if indexes:
-            return _with_quantization(ShardedCheckpoint(indexes[0]))
+            return ShardedCheckpoint(indexes[0])
         if len(files) == 1:
-            return _with_quantization(SafetensorsFile(files[0]))
+            return SafetensorsFile(files[0])
         raise ModelFileError(path, "is a folder without a single safetensors file or a sharded index",
                              found=f"{len(files)} .safetensors files")
     name = path.name.lower()
     if name.endswith(".safetensors.index.json"):
-        return _with_quantization(ShardedCheckpoint(path))
+        return ShardedCheckpoint(path)
     if name.endswith(".safetensors") or name.endswith(".sft"):
-        return _with_quantization(SafetensorsFile(path))
+        return SafetensorsFile(path)
     if name.endswith(TORCH_PICKLE_SUFFIXES):
         return TorchPickleFile(path)
     with open(path, "rb") as f:
@@ -295,10 +300,13 @@ def open_checkpoint(path) -> Checkpoint:
 
 
 def _with_quantization(checkpoint: Checkpoint) -> Checkpoint:
-    """Scaled FP8 files: present each weight with its scale folded in (see quant/fp8.py)."""
-    from .quant.fp8 import FP8ScaledView
+    """Scaled FP8 files: present each weight with its scale folded in, whether the scales are inside the
+    file or in an official release's separate map (see quant/fp8.py)."""
+    from .quant.fp8 import FP8ScaledView, with_official_scale_map
 
-    return FP8ScaledView(checkpoint) if FP8ScaledView.applies_to(checkpoint) else checkpoint
+    if FP8ScaledView.applies_to(checkpoint):
+        return FP8ScaledView(checkpoint)
+    return with_official_scale_map(checkpoint)
 
 
 def load_state_dict(checkpoint: Checkpoint, keys=None) -> dict[str, torch.Tensor]:

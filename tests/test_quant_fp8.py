@@ -80,6 +80,66 @@ def test_plain_fp8_file(files, tmp_path):
     assert torch.isfinite(out).all()
 
 
+def _official_release(bf16, folder, weights_name="qwen_fp8.pt", map_name="qwen_fp8_map.pt"):
+    """An official-style FP8 release: per-layer scaled FP8 weights wrapped as {"module": ...} in a .pt, and
+    a separate {layer name: scale} map."""
+    weights, scales = {}, {}
+    for key, value in load_file(str(bf16)).items():
+        if value.ndim == 2 and "transformer_blocks" in key:
+            scale = value.float().abs().amax() / 448.0
+            weights[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            scales[key[: -len(".weight")]] = scale.to(torch.bfloat16)
+        else:
+            weights[key] = value
+    folder.mkdir(exist_ok=True)
+    save = (lambda d, p: torch.save(d, p)) if weights_name.endswith(".pt") else (lambda d, p: save_file(d, str(p)))
+    save({"module": weights} if weights_name.endswith(".pt") else weights, folder / weights_name)
+    save_map = torch.save if map_name.endswith(".pt") else (lambda d, p: save_file(d, str(p)))
+    save_map(scales, folder / map_name)
+    return folder / weights_name, folder / map_name
+
+
+@pytest.mark.parametrize("names", [("qwen_fp8.pt", "qwen_fp8_map.pt"),
+                                   ("qwen_fp8.safetensors", "qwen_fp8_map.safetensors")])
+def test_official_release_with_scale_map(files, tmp_path, names):
+    root, bf16, _ = files
+    weights, _ = _official_release(bf16, tmp_path, *names)
+    host = StandaloneHost(models_dir=root, device="cpu")
+    _, reference = _output(host, bf16)
+    model, out = _output(host, weights)
+    to_q = model.network.transformer_blocks[0].attn.to_q.weight
+    assert isinstance(to_q, QuantizedTensor) and to_q.dtype == torch.float8_e4m3fn and to_q.scale.numel() == 1
+    error = ((out - reference).norm() / reference.norm()).item()
+    assert error < FP8_REL_ERROR, error
+
+
+def test_official_release_errors(files, tmp_path):
+    root, bf16, _ = files
+    weights, scale_map = _official_release(bf16, tmp_path)
+    with pytest.raises(ModelFileError, match="is an FP8 scale map, not a model.*qwen_fp8.pt"):
+        open_checkpoint(scale_map)
+    torch.save({"double_blocks.0.img_attn_qkv": torch.tensor(0.1)}, scale_map)
+    with pytest.raises(ModelFileError, match="scales 1 layers that qwen_fp8.pt does not contain"):
+        open_checkpoint(weights)
+    scale_map.unlink()
+    with pytest.raises(ModelFileError, match="FP8 weights but no scales.*qwen_fp8_map.pt beside it"):
+        open_checkpoint(weights)
+
+
+class _Payload:  # any class outside torch's allow-list: unpickling it would run code of the file's choosing
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_scale_map_is_never_fully_unpickled(files, tmp_path, capsys):
+    _, bf16, _ = files
+    weights, scale_map = _official_release(bf16, tmp_path)
+    torch.save({"transformer_blocks.0.attn.to_q": _Payload()}, scale_map)
+    with pytest.raises(ModelFileError, match="could not be read as a PyTorch weights file"):
+        open_checkpoint(weights)
+    assert "unpickled" not in capsys.readouterr().out
+
+
 def test_missing_scale_is_refused(files, tmp_path):
     _, _, scaled = files
     state = load_file(str(scaled))

@@ -8,12 +8,16 @@ Layouts read:
 * ComfyUI's newer mixed-precision files: per layer `<layer>.comfy_quant` (UTF-8 JSON as uint8, e.g.
   {"format": "float8_e4m3fn"}), `<layer>.weight_scale` and optionally `<layer>.input_scale`; layers
   without comfy_quant stay in their stored precision.
-* an official release's separate scale map (`<layer>.weight` -> scale), given as `scale_map`.
+* an official release (Tencent's HunyuanVideo / HunyuanImage FP8): a weights file `<name>.pt` (or
+  .safetensors) of FP8 weights and beside it `<name>_map.pt` (or _map.safetensors), a dictionary from layer
+  name (`double_blocks.0.img_attn_qkv`) to that layer's scale; value = weight * scale. The map is read
+  with `torch.load(weights_only=True)`, never full unpickling.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -25,6 +29,7 @@ FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
 MARKERS = ("scaled_fp8",)
+SCALE_MAP_SUFFIX = "_map"  # <name>.pt -> <name>_map.pt, as the official inference code derives it
 SUPPORTED_COMFY_QUANT = ("float8_e4m3fn", "float8_e5m2")
 
 
@@ -104,3 +109,71 @@ class FP8ScaledView(Checkpoint):
             return data
         scale = scale.to(torch.float32).reshape(-1) if scale.numel() > 1 else scale.to(torch.float32).reshape(())
         return QuantizedTensor(data, FP8_SCALED, data.shape, scale=scale)
+
+
+# --- official releases: weights file + separate per-layer scale map -------------------------------------
+def scale_map_path(weights_path) -> Path | None:
+    """The scale map beside an official FP8 weights file, if there is one."""
+    path = Path(weights_path)
+    for suffix in (".pt", ".safetensors", ".pth"):
+        candidate = path.with_name(path.stem + SCALE_MAP_SUFFIX + suffix)
+        if candidate.is_file() and candidate != path:
+            return candidate
+    return None
+
+
+def looks_like_scale_map(checkpoint: Checkpoint) -> bool:
+    """A map holds only one-value tensors, under layer names without a `.weight` suffix."""
+    keys = checkpoint.keys()
+    return bool(keys) and all(
+        not k.endswith((".weight", ".bias")) and len(checkpoint.shape(k)) <= 1 and _numel(checkpoint.shape(k)) == 1
+        for k in keys
+    )
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def read_scale_map(path) -> dict[str, torch.Tensor]:
+    """Layer name -> scale, returned keyed by the weight it scales (`<layer>.weight`)."""
+    from ..readers import open_file
+
+    scale_map = open_file(path)
+    if not looks_like_scale_map(scale_map):
+        raise ModelFileError(path, "is not an FP8 scale map",
+                             found=f"tensors such as {summarize_keys(scale_map.keys(), 3)}",
+                             expected="one scale per layer name, e.g. double_blocks.0.img_attn_qkv -> 0.0021")
+    return {f"{k}.weight": scale_map.tensor(k).reshape(()).to(torch.float32) for k in scale_map.keys()}
+
+
+def with_official_scale_map(checkpoint: Checkpoint) -> Checkpoint:
+    """Fold an official release's scale map into its FP8 weights file; refuse an FP8 .pt without one
+    (its weights alone are off by each layer's scale) and a map opened in place of the weights."""
+    path = checkpoint.path
+    if looks_like_scale_map(checkpoint):
+        weights = path.with_name(path.name.replace(SCALE_MAP_SUFFIX + path.suffix, path.suffix))
+        raise ModelFileError(path, "is an FP8 scale map, not a model",
+                             hint=f"Choose the weights file it belongs to ({weights.name}); its map is found "
+                                  f"automatically.")
+    fp8 = [k for k in checkpoint.keys() if checkpoint.dtype(k) in FP8_DTYPES]
+    if not fp8:
+        return checkpoint
+    map_path = scale_map_path(path)
+    if map_path is None:
+        if checkpoint.format == "torch":  # official .pt releases always come with a map
+            raise ModelFileError(
+                path, f"holds {len(fp8)} FP8 weights but no scales",
+                expected=f"the scale map {path.stem}{SCALE_MAP_SUFFIX}.pt beside it",
+                hint="Official FP8 releases ship the weights and a *_map.pt file; put both in the same folder.",
+            )
+        return checkpoint  # plain FP8 safetensors: the weights are the values
+    scales = read_scale_map(map_path)
+    unknown = [k for k in scales if k not in checkpoint]
+    if unknown:
+        raise ModelFileError(map_path, f"scales {len(unknown)} layers that {path.name} does not contain",
+                             found=summarize_keys(unknown), hint="The map belongs to a different weights file.")
+    return FP8ScaledView(checkpoint, scale_map=scales)
