@@ -12,8 +12,10 @@ WEIGHT_DTYPE_CHOICES = ["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp
 
 class MMDiTModelLoader:
     DESCRIPTION = ("Loads a Qwen-Image diffusion model from models/diffusion_models (or models/unet): the "
-                   "ComfyUI, diffusers or official layout, recognised from the file. Returns a native MODEL, "
-                   "so the core KSampler, LoRA loaders and ModelSampling nodes work with it.")
+                   "ComfyUI, diffusers or official layout, in bf16/fp16, FP8 (plain or scaled) or GGUF, all "
+                   "recognised from the file. Quantized weights stay quantized in memory and are expanded one "
+                   "layer at a time as it runs. Returns a native MODEL, so the core KSampler, LoRA loaders "
+                   "and ModelSampling nodes work with it.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load"
@@ -24,11 +26,13 @@ class MMDiTModelLoader:
         host = get_host()
         return {"required": {
             "model_name": (files_or_placeholder(host.folder_files("diffusion_models"), "diffusion_models"),
-                           {"tooltip": "The diffusion model file. Family, layout and size are read from the file."}),
+                           {"tooltip": "The diffusion model file (.safetensors, .gguf, or an official .pt with its _map.pt "
+                                       "scales). Family, layout, size and quantization are read from the file."}),
             "weight_dtype": (WEIGHT_DTYPE_CHOICES, {
                 "default": "default",
                 "tooltip": "How weights are kept in memory. default: as ComfyUI decides for your GPU (usually "
-                           "as stored). fp8 halves memory of a bf16 file at a small quality cost.",
+                           "as stored). fp8 halves memory of a bf16 file at a small quality cost. GGUF and FP8 "
+                           "files keep their own quantization under default; another choice expands them.",
             }),
             "attention": (list(BACKENDS), {
                 "default": "auto",

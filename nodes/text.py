@@ -44,7 +44,8 @@ class MMDiTTextEncoderLoader:
         names = files_or_placeholder(get_host().folder_files("text_encoders"), "text_encoders")
         families = [spec.display_name for spec in FAMILIES.values()]
         return {"required": {
-            "text_encoder_name": (names, {"tooltip": "Qwen-Image: Qwen2.5-VL-7B (qwen_2.5_vl_7b*.safetensors)."}),
+            "text_encoder_name": (names, {"tooltip": "Qwen-Image: Qwen2.5-VL-7B (qwen_2.5_vl_7b*.safetensors, FP8 "
+                                                  "safetensors or a GGUF such as Qwen2.5-VL-7B-Instruct-Q8_0.gguf)."}),
             "family": (families, {"default": families[0],
                                   "tooltip": "The model family the prompts are for (template and layer)."}),
         }}

@@ -47,6 +47,17 @@ def test_shipped_qwen_image_workflow_runs(comfy_server):
         assert Image.open(path).size == (96, 64)
 
 
+def test_gguf_model_is_listed_and_runs(comfy_server):
+    info = comfy_server.object_info()
+    assert "qwen-image-Q4_0.gguf" in info["MMDiTModelLoader"]["input"]["required"]["model_name"][0]
+    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow["1"]["inputs"]["model_name"] = "qwen-image-Q4_0.gguf"
+    workflow["5"]["inputs"].update(aspect="custom (width x height)", width=48, height=80)
+    workflow["6"]["inputs"].update(steps=2)
+    (path,) = comfy_server.outputs(comfy_server.wait_for(comfy_server.queue_prompt(workflow), timeout=300))
+    assert Image.open(path).size == (48, 80)
+
+
 def test_bad_file_is_a_clear_error_and_comfyui_keeps_running(comfy_server):
     workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
     workflow["1"]["inputs"]["model_name"] = "qwen_image_vae.safetensors"  # a VAE given to the model loader

@@ -1,0 +1,200 @@
+"""Quantized models inside a real ComfyUI (in-process): GGUF and scaled-FP8 files load as native MODELs
+with their weights kept quantized, sample close to the bf16 model, stream under low-VRAM partial loading,
+take core LoRAs (merged once, within a stated tolerance of the same LoRA on bf16) and encode text from a
+quantized text encoder."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+QWEN = "Qwen-Image"
+PROMPT = "a lighthouse at dusk"
+QUANTIZED = ("tiny-Q8_0.gguf", "tiny-Q4_0.gguf", "tiny-fp8_scaled.safetensors")
+# Relative difference of sampled latents from the bf16 model's, per file (3 euler steps of the tiny
+# model, CFG 4; measured: Q8_0 0.02%, FP8 0.11%, Q4_0 0.34%).
+SAMPLE_REL_ERROR = {"tiny-Q8_0.gguf": 0.002, "tiny-fp8_scaled.safetensors": 0.01, "tiny-Q4_0.gguf": 0.02}
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_inprocess, tmp_path_factory):
+    from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS, host
+    from comfyui_mmdit.tools.convert import convert
+    from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+    models = tmp_path_factory.mktemp("comfy_quantized")
+    folders = {"diffusion_models": "tiny.safetensors", "text_encoders": "tiny_te.safetensors",
+               "vae": "tiny_vae.safetensors"}
+    for folder, name in folders.items():
+        write_tiny_component(folder, models / folder / name)
+    dit = models / "diffusion_models"
+    for name in QUANTIZED:
+        qtype = name[len("tiny-"):].split(".")[0]
+        convert(dit / "tiny.safetensors", dit / name, qtype)
+    te = models / "text_encoders"
+    convert(te / "tiny_te.safetensors", te / "tiny_te-Q8_0.gguf", "Q8_0")
+    (te / "tiny_te-Q8_0_tokenizer").symlink_to(te / "tiny_te_tokenizer")
+    (models / "loras").mkdir()
+    for folder in (*folders, "loras"):
+        comfy_inprocess.folder_paths.add_model_folder_path(folder, str(models / folder), is_default=True)
+
+    host.set_host(None)
+    assert host.get_host().name == "comfyui"
+    yield NODE_CLASS_MAPPINGS, models
+    host.set_host(None)
+
+
+@pytest.fixture(scope="module")
+def conditioning(pack):
+    nodes, _ = pack
+    encoder, = nodes["MMDiTTextEncoderLoader"]().load("tiny_te.safetensors", QWEN)
+    positive, = nodes["MMDiTTextEncode"]().encode(encoder, PROMPT)
+    negative, = nodes["MMDiTTextEncode"]().encode(encoder, " ")
+    latent, = nodes["MMDiTEmptyLatent"]().generate(QWEN, "custom (width x height)", 80, 48, 2)
+    return dict(positive=positive, negative=negative, latent=latent)
+
+
+def _load(nodes, name):
+    return nodes["MMDiTModelLoader"]().load(name)[0]
+
+
+def _sample(nodes, conditioning, model):
+    samples, = nodes["MMDiTSampler"]().sample(model, conditioning["positive"], conditioning["negative"],
+                                              conditioning["latent"], 7, steps=3, cfg=4.0)
+    return samples["samples"]
+
+
+def _relative(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_gguf_files_are_listed_by_the_loaders(comfy_inprocess, pack):
+    nodes, _ = pack
+    models = nodes["MMDiTModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
+    assert {"tiny.safetensors", *QUANTIZED} <= set(models)
+    encoders = nodes["MMDiTTextEncoderLoader"].INPUT_TYPES()["required"]["text_encoder_name"][0]
+    assert "tiny_te-Q8_0.gguf" in encoders
+    # ComfyUI's own lists see them too (other loaders, the frontend's model browser)
+    assert "tiny-Q4_0.gguf" in comfy_inprocess.folder_paths.get_filename_list("diffusion_models")
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_quantized_file_is_a_native_model_close_to_bf16(comfy_inprocess, pack, conditioning, name):
+    from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
+
+    nodes, _ = pack
+    model = _load(nodes, name)
+    assert isinstance(model, comfy_inprocess.comfy.model_patcher.ModelPatcher)
+    assert isinstance(model.model, comfy_inprocess.comfy.model_base.QwenImage)
+    to_q = model.model.diffusion_model.transformer_blocks[0].attn.to_q
+    assert isinstance(to_q.weight, QuantizedTensor) and hasattr(to_q, "comfy_cast_weights")
+    reference = _sample(nodes, conditioning, _load(nodes, "tiny.safetensors"))
+    out = _sample(nodes, conditioning, model)
+    assert isinstance(to_q.weight, QuantizedTensor)  # still quantized after ComfyUI loaded and ran it
+    error = _relative(out, reference)
+    print(f"{name}: sampled latents differ from bf16 by {error:.4%}")
+    assert error < SAMPLE_REL_ERROR[name]
+
+
+def test_low_vram_partial_loading_of_a_quantized_model(comfy_inprocess, pack, conditioning):
+    nodes, _ = pack
+    model = _load(nodes, "tiny-Q4_0.gguf")
+    reference = _sample(nodes, conditioning, model)
+    partial = model.clone()
+    budget = comfy_inprocess.comfy.model_management.module_size(partial.model.diffusion_model) // 4
+    partial.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
+    try:
+        streamed = [m for m in partial.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert partial.model.model_lowvram and streamed
+        torch.testing.assert_close(_sample(nodes, conditioning, partial), reference, atol=1e-5, rtol=1e-5)
+    finally:
+        partial.unpatch_model(torch.device("cpu"))
+
+
+def _write_lora(models, network, name="detail.safetensors"):
+    """A rank-4 LoRA in the diffusers/Qwen key format on every attention projection of every block."""
+    g = torch.Generator().manual_seed(5)
+    lora = {}
+    for i, _ in enumerate(network.transformer_blocks):
+        for projection in ("to_q", "to_k", "to_v", "add_q_proj"):
+            layer = network.get_submodule(f"transformer_blocks.{i}.attn.{projection}")
+            out_features, in_features = layer.out_features, layer.in_features
+            key = f"transformer.transformer_blocks.{i}.attn.{projection}"
+            lora[f"{key}.lora_A.weight"] = torch.randn(4, in_features, generator=g) * 0.2
+            lora[f"{key}.lora_B.weight"] = torch.randn(out_features, 4, generator=g) * 0.2
+    save_file(lora, str(models / "loras" / name))
+    return name, len(lora) // 2
+
+
+@pytest.mark.parametrize("name, weight_tolerance", [("tiny-Q8_0.gguf", 0.01), ("tiny-fp8_scaled.safetensors", 0.04)])
+def test_core_lora_loader_on_a_quantized_model(comfy_inprocess, pack, conditioning, monkeypatch, name,
+                                               weight_tolerance):
+    """LoraLoaderModelOnly on the quantized model matches the same LoRA on bf16; the patched weights are
+    merged once when the model loads (kept at 8 bits), not recomputed on every forward."""
+    from comfy_extras import nodes_model_advanced  # noqa: F401  (ComfyUI's core nodes import cleanly)
+    from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
+
+    comfy = comfy_inprocess.comfy
+    nodes, models = pack
+    bf16, quantized = _load(nodes, "tiny.safetensors"), _load(nodes, name)
+    lora_name, layers = _write_lora(models, bf16.model.diffusion_model)
+    loader = comfy_inprocess.nodes.LoraLoaderModelOnly()
+    bf16_lora, = loader.load_lora_model_only(bf16, lora_name, 0.8)
+    quantized_lora, = loader.load_lora_model_only(quantized, lora_name, 0.8)
+    assert len(quantized_lora.patches) == layers
+
+    calls = []
+    calculate = comfy.lora.calculate_weight
+    monkeypatch.setattr(comfy.lora, "calculate_weight", lambda *a, **k: calls.append(a[2]) or calculate(*a, **k))
+    out = _sample(nodes, conditioning, quantized_lora)  # ComfyUI loads the model (merging) and samples
+    assert len(calls) == layers  # once per patched weight, not once per forward (3 steps x 2 CFG passes)
+    network = quantized_lora.model.diffusion_model
+    merged = network.transformer_blocks[1].attn.to_k.weight
+    assert isinstance(merged, QuantizedTensor) and merged.element_size() == 1  # kept at 8 bits
+
+    reference = _sample(nodes, conditioning, bf16_lora)
+    bf16_lora.patch_model(device_to=torch.device("cpu"))
+    try:
+        expected = bf16_lora.model.diffusion_model.transformer_blocks[1].attn.to_k.weight.float()
+        weight_error = _relative(merged.dequantize(torch.float32), expected)
+    finally:
+        bf16_lora.unpatch_model(torch.device("cpu"))
+    sample_error = _relative(out, reference)
+    print(f"{name} + LoRA: merged weight {weight_error:.4%}, sampled latents {sample_error:.4%} from bf16 + LoRA")
+    assert weight_error < weight_tolerance
+    assert sample_error < SAMPLE_REL_ERROR[name] * 2
+    # The LoRA really changed the result, by far more than quantization did (a dropped LoRA would also
+    # leave the result "close" to bf16 + LoRA if the LoRA did little).
+    lora_effect = _relative(out, _sample(nodes, conditioning, quantized))
+    assert lora_effect > 10 * sample_error, (lora_effect, sample_error)
+
+
+def test_lora_on_a_quantized_model_in_low_vram_mode(comfy_inprocess, pack, conditioning):
+    """Streamed layers get the LoRA as they run (ComfyUI's weight_function): same result as merged."""
+    nodes, models = pack
+    quantized = _load(nodes, "tiny-Q8_0.gguf")
+    lora_name, _ = _write_lora(models, quantized.model.diffusion_model, "lowvram.safetensors")
+    patched, = comfy_inprocess.nodes.LoraLoaderModelOnly().load_lora_model_only(quantized, lora_name, 1.0)
+    merged = _sample(nodes, conditioning, patched)
+    comfy_inprocess.comfy.model_management.unload_all_models()
+    budget = comfy_inprocess.comfy.model_management.module_size(patched.model.diffusion_model) // 4
+    patched.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
+    try:
+        streamed = [m for m in patched.model.diffusion_model.modules() if getattr(m, "weight_function", None)]
+        assert streamed  # LoRA applied at run time on these layers
+        # merged weights are re-quantized to Q8_0; streamed ones are used in full precision
+        assert _relative(_sample(nodes, conditioning, patched), merged) < 0.01
+    finally:
+        patched.unpatch_model(torch.device("cpu"))
+
+
+def test_quantized_text_encoder_in_comfyui(pack, conditioning):
+    from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
+
+    nodes, _ = pack
+    encoder, = nodes["MMDiTTextEncoderLoader"]().load("tiny_te-Q8_0.gguf", QWEN)
+    assert isinstance(encoder.loaded.model.layers[0].self_attn.q_proj.weight, QuantizedTensor)
+    positive, = nodes["MMDiTTextEncode"]().encode(encoder, PROMPT)
+    got, expected = positive[0][0], conditioning["positive"][0][0]
+    assert got.shape == expected.shape
+    # Q8_0 weights in a random two-layer language model: ~2.5% on the last hidden state (see test_quant_gguf)
+    assert _relative(got, expected) < 0.05
