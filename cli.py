@@ -3,6 +3,7 @@
 
     python cli.py run workflows/qwen_image_t2i.api.json --models /path/to/ComfyUI/models
     python cli.py ui-workflows            # regenerate the UI-format twins of workflows/*.api.json
+    python cli.py convert qwen_image_bf16.safetensors qwen_image-Q4_0.gguf --type Q4_0
 
 With none of the workflow's model files present, `run` builds a tiny random-weight model set with the
 real structure and runs the same workflow on it: that output is a pipeline check, not a picture.
@@ -80,6 +81,27 @@ def ui_workflows(args) -> int:
     return 0
 
 
+def convert(args) -> int:
+    _import_pack()
+    from comfyui_mmdit.loaders.errors import ModelFileError
+    from comfyui_mmdit.tools.convert import convert as convert_file
+
+    def progress(done, total):
+        print(f"\r  {done}/{total} tensors", end="" if done < total else "\n", flush=True)
+
+    target = Path(args.target)
+    if target.exists() and not args.overwrite:
+        print(f"{target} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    try:
+        written = convert_file(args.source, target, args.type, progress=progress)
+    except (ModelFileError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(f"wrote {written} ({written.stat().st_size / 2**30:.2f} GiB)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +116,18 @@ def main(argv=None) -> int:
     run_parser.set_defaults(func=run)
     ui_parser = commands.add_parser("ui-workflows", help="regenerate the UI-format workflows from the API ones")
     ui_parser.set_defaults(func=ui_workflows)
+    _import_pack()
+    from comfyui_mmdit.tools.convert import TYPES as convert_types
+
+    convert_parser = commands.add_parser(
+        "convert", help="quantize a bf16/fp16 diffusion model or text encoder to GGUF or scaled FP8",
+        description="Norms, embeddings, the model-wide modulation and the final layer stay at full precision, "
+                    "per-block modulation at 8 bits at least; the family is recorded in the file.")
+    convert_parser.add_argument("source", help="a bf16/fp16 .safetensors file, sharded index or diffusers folder")
+    convert_parser.add_argument("target", help="the output: .gguf for GGUF types, .safetensors for fp8_scaled")
+    convert_parser.add_argument("--type", required=True, choices=convert_types, help="the quantization to write")
+    convert_parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    convert_parser.set_defaults(func=convert)
     args = parser.parse_args(argv)
     return args.func(args)
 

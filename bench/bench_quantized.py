@@ -37,7 +37,7 @@ from comfyui_mmdit.tools.tiny_models import random_state_dict, write_safetensors
 
 FORWARD_CONFIG = QwenImageConfig(num_layers=4, attention_head_dim=128, num_attention_heads=4,
                                  joint_attention_dim=512, axes_dims_rope=(16, 56, 56))
-FORWARD_TYPES = ("Q8_0", "Q5_0", "Q4_0", "fp8_scaled")
+FORWARD_TYPES = ("Q8_0", "Q6_K", "Q5_0", "Q4_K", "Q4_0", "fp8_scaled")
 LOAD_CONFIG = QwenImageConfig(num_layers=3)  # the real widths: 24 heads x 128, text 3584
 LOAD_TYPES = ("Q8_0", "Q4_0", "fp8_scaled")
 

@@ -28,11 +28,12 @@ from ..loaders.errors import ModelFileError
 from ..loaders.quant.tensor import is_quantized
 from ..loaders.readers import open_checkpoint
 from ..model_defs.families import FAMILIES
+from .kquants import QK_K, QUANTIZERS as K_QUANTIZERS
 
-GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
 FP8_SCALED = "fp8_scaled"
 TYPES = GGUF_TYPES + (FP8_SCALED,)
-GGUF_BLOCK = 32  # the block width of every type above
+GGUF_BLOCK = 32  # the block width of the legacy types; K types need rows of 256 (else they fall to Q8_0)
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)
 
 
@@ -79,6 +80,10 @@ def _source(path):
 def convert(source, target, qtype: str, progress=None) -> Path:
     if qtype not in TYPES:
         raise ValueError(f"unknown target type {qtype!r}; choose one of {', '.join(TYPES)}")
+    suffix = ".safetensors" if qtype == FP8_SCALED else ".gguf"
+    if Path(target).suffix.lower() != suffix:
+        raise ValueError(f"{qtype} is written as a {suffix} file; the output name {Path(target).name!r} "
+                         f"ends in {Path(target).suffix or 'no extension'}")
     checkpoint, identity, family_spec = _source(source)
     plans = plan_tensors(checkpoint, identity, family_spec)
     target = Path(target)
@@ -112,7 +117,10 @@ def _write_gguf(checkpoint, plans, target, qtype, family, metadata, progress):
                                   raw_dtype=types.BF16)
         else:
             chosen = types.Q8_0 if plan.storage == "q8" else types[qtype]
-            writer.add_tensor(plan.name, gguf.quants.quantize(data, chosen), raw_dtype=chosen)
+            if chosen.name in K_QUANTIZERS and data.shape[-1] % QK_K:
+                chosen = types.Q8_0  # rows too short for 256-value super-blocks: keep 8 bits
+            quantize = K_QUANTIZERS.get(chosen.name) or (lambda a, t=chosen: gguf.quants.quantize(a, t))
+            writer.add_tensor(plan.name, quantize(data), raw_dtype=chosen)
         if progress:
             progress(i + 1, len(plans))
     writer.write_header_to_file()
