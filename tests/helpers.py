@@ -19,3 +19,16 @@ def manifest(name: str) -> dict:
 
 def manifest_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v) for k, v in manifest(name)["tensors"].items()}
+
+
+def encode_qwen_prompts(text_encoder, prompts) -> "torch.Tensor":
+    """Qwen-Image prompt embeddings (float32) from a loaded text encoder (loaders.text_encoder)."""
+    import torch
+
+    from comfyui_mmdit.model_defs.qwen_image.family import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
+    from comfyui_mmdit.model_defs.text_encoders import qwen25vl
+
+    with torch.no_grad():
+        embeds, _ = qwen25vl.encode_prompts(text_encoder.model, text_encoder.tokenizer, prompts, PROMPT_TEMPLATE,
+                                            MAX_PROMPT_TOKENS, dtype=torch.float32)
+    return embeds

@@ -14,6 +14,7 @@ from comfyui_mmdit.loaders.readers import open_checkpoint
 from comfyui_mmdit.nodes.host.standalone import StandaloneHost
 from comfyui_mmdit.tools.convert import convert
 from comfyui_mmdit.tools.tiny_models import TINY_QWEN_DIT, tiny_qwen_dit_state_dict, write_safetensors
+from helpers import encode_qwen_prompts
 
 # Relative output error of the tiny transformer against its bf16 original. FP8 e4m3 keeps 3 mantissa
 # bits (~3% per weight); errors average out over each dot product. Measured ~0.12%; bound with margin.
@@ -180,8 +181,6 @@ def test_scaled_fp8_text_encoder(tmp_path):
     """A Qwen2.5-VL text encoder in scaled FP8 (as qwen_2.5_vl_7b_fp8_scaled.safetensors is published):
     projections kept FP8, the token table precise, hidden states close to the bf16 encoder's."""
     from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
-    from comfyui_mmdit.model_defs.qwen_image.family import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
-    from comfyui_mmdit.model_defs.text_encoders import qwen25vl
     from comfyui_mmdit.tools.tiny_models import tiny_qwen_text_state_dict
     from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
@@ -195,18 +194,13 @@ def test_scaled_fp8_text_encoder(tmp_path):
     assert not isinstance(quantized.model.embed_tokens.weight, QuantizedTensor)
     reference = load_text_encoder(bf16, tokenizer_path=tokenizer_dir)
     prompts = ["a cat on a chair", "neon sign that reads OPEN"]
-    got, _ = qwen25vl.encode_prompts(quantized.model, quantized.tokenizer, prompts, PROMPT_TEMPLATE,
-                                     MAX_PROMPT_TOKENS, dtype=torch.float32)
-    expected, _ = qwen25vl.encode_prompts(reference.model, reference.tokenizer, prompts, PROMPT_TEMPLATE,
-                                          MAX_PROMPT_TOKENS, dtype=torch.float32)
+    got, expected = encode_qwen_prompts(quantized, prompts), encode_qwen_prompts(reference, prompts)
     # Exact: an fp32 encoder holding the dequantized values (fp8 * scale) computes the same.
     dequantized = {k: (v.dequantize(torch.float32) if isinstance(v, QuantizedTensor) else v.float())
                    for k, v in quantized.model.state_dict().items()}
     exact_file = write_safetensors({"model." + k: v for k, v in dequantized.items()}, tmp_path / "exact" / "te.safetensors")
     exact = load_text_encoder(exact_file, tokenizer_path=tokenizer_dir)
-    same, _ = qwen25vl.encode_prompts(exact.model, exact.tokenizer, prompts, PROMPT_TEMPLATE, MAX_PROMPT_TOKENS,
-                                      dtype=torch.float32)
-    torch.testing.assert_close(got, same, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, encode_qwen_prompts(exact, prompts), atol=1e-4, rtol=1e-4)
     # Close to bf16: FP8 moves each weight ~3% and this random two-layer model amplifies weight errors
     # about 5x into its last hidden state (Q8_0's 0.5% gives 2.5%); measured 11.7%.
     error = ((got - expected).norm() / expected.norm()).item()

@@ -10,15 +10,15 @@ from comfyui_mmdit.loaders.errors import ModelFileError
 from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
 from comfyui_mmdit.loaders.readers import open_checkpoint
 from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
-from comfyui_mmdit.model_defs.qwen_image.family import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
 from comfyui_mmdit.model_defs.qwen_image.transformer import QwenImageConfig
-from comfyui_mmdit.model_defs.text_encoders import qwen25vl
 from comfyui_mmdit.nodes.host.standalone import StandaloneHost
 from comfyui_mmdit.tools.convert import GGUF_TYPES, convert
 from comfyui_mmdit.tools.tiny_models import (
     TINY_QWEN_DIT, tiny_qwen_dit_state_dict, tiny_qwen_text_state_dict, write_safetensors,
 )
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
+
+from helpers import encode_qwen_prompts
 
 gguf = pytest.importorskip("gguf")
 
@@ -124,10 +124,7 @@ def test_llama_cpp_text_encoder_gguf(tmp_path):
     assert isinstance(quantized.model.embed_tokens.weight, QuantizedTensor)
     reference = load_text_encoder(reference_file, tokenizer_path=tokenizer_dir)
     prompts = ["a cat on a chair", ""]
-    got, _ = qwen25vl.encode_prompts(quantized.model, quantized.tokenizer, prompts, PROMPT_TEMPLATE,
-                                     MAX_PROMPT_TOKENS, dtype=torch.float32)
-    expected, _ = qwen25vl.encode_prompts(reference.model, reference.tokenizer, prompts, PROMPT_TEMPLATE,
-                                          MAX_PROMPT_TOKENS, dtype=torch.float32)
+    got, expected = encode_qwen_prompts(quantized, prompts), encode_qwen_prompts(reference, prompts)
     # Q8_0 moves each weight by ~0.5% (relative); a random two-layer language model amplifies that to
     # ~2.5% in its last hidden state (measured 2.5%; an unquantized GGUF of the same weights gives 0).
     assert ((got - expected).norm() / expected.norm()).item() < 0.05
