@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import torch
 
-from .errors import ModelFileError
+from .errors import ModelFileError, summarize_keys
 from .readers import Checkpoint
 from .quant.tensor import GGUF, QuantizedTensor
 
@@ -41,6 +40,7 @@ LLAMA_CPP_NAMES = [
 # Architectures whose llama.cpp conversion permutes the q/k rows (for its RoPE layout); mapping those
 # back is not implemented yet, so they are refused rather than loaded wrong.
 PERMUTED_QK_ARCHITECTURES = {"llama", "mistral", "mistral3"}
+PLAIN_TYPES = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # GGML type -> torch dtype
 
 
 def transformers_name(name: str) -> str:
@@ -85,7 +85,21 @@ class GGUFFile(Checkpoint):
                                      hint="The download was probably cut short; download the file again.")
             shape = self._original_shape(tensor.name) or tuple(int(d) for d in reversed(tensor.shape.tolist()))
             self._entries[name] = (int(tensor.tensor_type), shape, tensor.data_offset, int(tensor.n_bytes))
+        self._check_types(gguf)
         self._storage = None
+
+    def _check_types(self, gguf) -> None:
+        """Refuse the file up front (nothing loaded yet) if a tensor is of a type we cannot dequantize."""
+        from .gguf_dequant import SUPPORTED_TYPES
+
+        unsupported = {}
+        for name, (qtype, *_rest) in self._entries.items():
+            if qtype not in SUPPORTED_TYPES:
+                unsupported.setdefault(gguf.GGMLQuantizationType(qtype).name, []).append(name)
+        if unsupported:
+            found = "; ".join(f"{kind} for {summarize_keys(names, 3)}" for kind, names in unsupported.items())
+            raise ModelFileError(self.path, f"stores tensors as GGUF types this pack cannot dequantize ({found})",
+                                 expected="F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K-Q6_K, IQ4_NL or IQ4_XS")
 
     @staticmethod
     def _metadata(reader) -> dict:
@@ -111,10 +125,7 @@ class GGUFFile(Checkpoint):
 
     def dtype(self, key):
         qtype = self._entries[key][0]
-        return {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}.get(qtype, torch.uint8)
-
-    def qtype(self, key) -> int:
-        return self._entries[key][0]
+        return PLAIN_TYPES.get(qtype, torch.uint8)
 
     def _mapped(self) -> torch.UntypedStorage:
         if self._storage is None:
@@ -123,31 +134,13 @@ class GGUFFile(Checkpoint):
         return self._storage
 
     def tensor(self, key):
-        from .gguf_dequant import SUPPORTED_TYPES
-
         qtype, shape, offset, nbytes = self._entries[key]
         raw = torch.empty(0, dtype=torch.uint8).set_(self._mapped(), offset, (nbytes,))
-        plain = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}.get(qtype)
+        plain = PLAIN_TYPES.get(qtype)
         if plain is not None:
             element = torch.empty(0, dtype=plain).element_size()
             if offset % element:
                 raw = raw.clone()
             return raw.view(plain).reshape(shape)
-        if qtype not in SUPPORTED_TYPES:
-            import gguf
-
-            name = gguf.GGMLQuantizationType(qtype).name if qtype in set(gguf.GGMLQuantizationType) else str(qtype)
-            raise ModelFileError(self.path, f"stores {key!r} as GGUF type {name}, which this pack cannot dequantize",
-                                 expected="F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K-Q6_K, IQ4_NL or IQ4_XS")
         return QuantizedTensor(raw, GGUF, shape, qtype=qtype)
 
-
-def is_gguf(path) -> bool:
-    path = Path(path)
-    if path.suffix.lower() == ".gguf":
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False

@@ -13,6 +13,8 @@ import copy
 
 import torch
 
+from ..gguf_dequant import dequantize as gguf_dequantize
+
 FP8_SCALED = "fp8_scaled"
 GGUF = "gguf"
 
@@ -58,9 +60,7 @@ class QuantizedTensor(torch.Tensor):
                 scale = scale.view(-1, *([1] * (data.ndim - 1)))
             return (data.to(torch.float32) * scale).to(dtype)
         if self.qformat == GGUF:
-            from ..gguf_dequant import dequantize
-
-            return dequantize(data, self.qtype, self.logical_shape, dtype=dtype)
+            return gguf_dequantize(data, self.qtype, self.logical_shape, dtype=dtype)
         raise ValueError(f"unknown quantization format {self.qformat!r}")
 
     def dequantize_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
@@ -90,7 +90,11 @@ class QuantizedTensor(torch.Tensor):
         return self._rewrap(self.raw().to(device, non_blocking=non_blocking), scale)
 
     def cuda(self, device=None, non_blocking=False):
-        return self.to(torch.device("cuda") if device is None else torch.device("cuda", device) if isinstance(device, int) else device, non_blocking=non_blocking)
+        if device is None:
+            device = "cuda"
+        elif isinstance(device, int):
+            device = torch.device("cuda", device)
+        return self.to(device, non_blocking=non_blocking)
 
     def cpu(self):
         return self.to("cpu")

@@ -115,7 +115,7 @@ def _model_config(spec: FamilySpec, network_config, attention_backend: str):
     return MMDiTModelConfig({"image_model": f"mmdit_{spec.name}"})
 
 
-_Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ModelPatcher's backup record
+_Backup = collections.namedtuple("Backup", ["weight", "inplace_update"])  # the shape of ModelPatcher's backup records
 
 
 class MMDiTModelPatcher(comfy.model_patcher.ModelPatcher):
@@ -243,7 +243,6 @@ class ComfyUIHost:
     def load_diffusion_model(self, model_file, weight_dtype: str = "default", attention_backend: str = "auto"):
         """A native MODEL (ModelPatcher) for a checked diffusion-model file (loaders.diffusion_model)."""
         from ...loaders.assign import assign_state_dict
-
         from ...loaders.quant.ops import quantized_ops
 
         spec = model_file.family

@@ -138,9 +138,8 @@ class StandaloneHost:
         """Build the network with the standalone ops and assign the file's tensors (kept as stored unless
         a weight dtype is chosen; layers cast to the compute dtype at forward)."""
         from ...loaders.assign import assign_state_dict
-        from ...model_defs.ops import StandaloneOps
-
         from ...loaders.quant.ops import quantized_ops
+        from ...model_defs.ops import StandaloneOps
 
         spec = model_file.family
         compute = self.compute_dtype()
