@@ -48,13 +48,11 @@ def test_random_blocks_are_bit_identical_to_gguf(qtype):
     assert torch.equal(ours, reference)
 
 
-@pytest.mark.parametrize("qtype", QUANTIZED_TYPES, ids=lambda t: t.name)
+# The types the gguf package can quantize (K types: our quantizers, tested below; IQ types: random blocks).
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
 def test_quantized_data_is_bit_identical_and_close_to_the_source(qtype):
     x = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)
-    try:
-        raw = gguf.quants.quantize(x, qtype)
-    except NotImplementedError:
-        pytest.skip(f"the gguf package cannot quantize {qtype.name}; random blocks cover it")
+    raw = gguf.quants.quantize(x, qtype)
     ours = dequantize(torch.from_numpy(np.ascontiguousarray(raw)), int(qtype), x.shape, torch.float32)
     assert torch.equal(ours, _reference(raw, qtype, x.shape))
     relative = (ours - torch.from_numpy(x)).norm() / np.linalg.norm(x)
