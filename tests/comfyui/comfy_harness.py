@@ -68,6 +68,25 @@ def import_comfy_inprocess() -> types.SimpleNamespace:
     return types.SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=nodes, path=path)
 
 
+def network_forward(model, seed: int = 3):
+    """One forward of a MODEL's network as it is held now (fully or partially loaded). Sampling would first
+    call ComfyUI's load_models_gpu, which on a CPU-only machine loads every layer fully, so low-VRAM
+    streaming is exercised by calling the network directly while a partial load is in place."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    network = model.model.diffusion_model
+    latent = torch.randn(2, 16, 6, 10, generator=g)
+    context = torch.randn(2, 7, network.config.joint_attention_dim, generator=g)
+    with torch.no_grad():
+        return network(latent, torch.tensor([0.7, 0.3]), context)
+
+
+def streamed_layers(model) -> list:
+    """The layers ComfyUI left on the offload device, cast at use (low-VRAM partial loading)."""
+    return [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from comfy_harness import network_forward, streamed_layers
+
 QWEN = "Qwen-Image"
 PROMPT = "a red fox in the snow"
 
@@ -101,15 +103,14 @@ def test_core_ksampler_and_vae_decode(comfy_inprocess, pack, graph):
 def test_low_vram_partial_loading_gives_the_same_result(comfy_inprocess, pack, graph):
     """With a budget smaller than the model, the memory manager leaves layers on the offload device and
     casts them at use; the result must not change."""
-    nodes, _ = pack
-    reference = _mmdit_sample(nodes, graph)
+    reference = network_forward(graph["model"])
     model = graph["model"].clone()
     budget = comfy_inprocess.comfy.model_management.module_size(model.model.diffusion_model) // 4
     model.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
     try:
-        streamed = [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
-        assert model.model.model_lowvram and streamed
-        torch.testing.assert_close(_mmdit_sample(nodes, graph, model=model), reference, atol=1e-5, rtol=1e-5)
+        assert model.model.model_lowvram and streamed_layers(model)
+        torch.testing.assert_close(network_forward(model), reference, atol=1e-5, rtol=1e-5)
+        assert streamed_layers(model)  # still streamed while it ran
     finally:
         model.unpatch_model(torch.device("cpu"))
 
