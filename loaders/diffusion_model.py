@@ -19,7 +19,7 @@ from ..model_defs.ops import StandaloneOps
 from .detection import DIFFUSION_MODEL, Identity, find_component
 from .assign import check_shapes, module_shapes
 from .errors import ModelFileError
-from .quant.tensor import is_quantized
+from .quant.tensor import holds_quantized
 from .readers import Checkpoint, open_checkpoint
 
 
@@ -69,6 +69,5 @@ def read_diffusion_model(path, checkpoint: Checkpoint | None = None) -> Diffusio
     dtypes = Counter(checkpoint.dtype(k) for k in keys if len(checkpoint.shape(k)) >= 2)
     stored_dtype = dtypes.most_common(1)[0][0] if dtypes else torch.float32
     count = sum(torch.Size(s).numel() for s in shapes.values())
-    quantized = any(is_quantized(t) for t in state_dict.values())
     return DiffusionModelFile(str(checkpoint.path), identity, family, config, state_dict, stored_dtype, count,
-                              quantized)
+                              holds_quantized(state_dict))

@@ -8,6 +8,7 @@ described at each function; "fp16" means 2 little-endian bytes read as IEEE half
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,6 +25,7 @@ BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20)
           Q5_1: (32, 24), Q8_0: (32, 34), Q2_K: (256, 84), Q3_K: (256, 110), Q4_K: (256, 144),
           Q5_K: (256, 176), Q6_K: (256, 210), IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
 SUPPORTED_TYPES = set(BLOCKS)
+PLAIN_DTYPES = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}  # stored as plain values
 # Byte offsets of the fp16 scale fields inside one block of each quantized type (all other bytes are
 # packed integers, for which any value is legal).
 FP16_SCALE_OFFSETS = {Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), Q8_0: (0,), IQ4_NL: (0,),
@@ -44,6 +46,13 @@ def quantized_nbytes(qtype: int, shape) -> int:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small lookup table or shift list on `device`, made once: layers dequantize on every step, and a
+    fresh host-to-device copy per layer per step would cost a synchronisation each time."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _fp16(b: torch.Tensor) -> torch.Tensor:
     """[n, 2] bytes -> [n, 1] float32."""
     return b.contiguous().view(torch.float16).to(torch.float32)
@@ -62,7 +71,7 @@ def _bits(b: torch.Tensor) -> torch.Tensor:
 
 
 def _shift(q: torch.Tensor, shifts) -> torch.Tensor:
-    return q >> torch.tensor(shifts, dtype=q.dtype, device=q.device).view(1, 1, -1, 1)
+    return q >> _constant(tuple(shifts), q.dtype, q.device).view(1, 1, -1, 1)
 
 
 # --- 32-value formats ------------------------------------------------------------------------------------
@@ -105,7 +114,7 @@ def _iq4_nl(b):  # fp16 d | 16 bytes of 4-bit indices into a fixed non-linear ta
     n = b.shape[0]
     d = _fp16(b[:, :2])
     q = _nibbles(b[:, 2:], n, 16).reshape(n, -1).to(torch.int64)
-    table = torch.tensor(IQ4_VALUES, dtype=torch.int8, device=b.device)
+    table = _constant(IQ4_VALUES, torch.int8, b.device)
     return d * table[q].to(torch.float32)
 
 
@@ -129,8 +138,8 @@ def _q3_k(b):
     # x = d * (scale - 32) * (low - 4 * (1 - high))
     n = b.shape[0]
     hmask, qs, packed, d = b[:, :32], b[:, 32:96], b[:, 96:108], _fp16(b[:, 108:110])
-    low = packed[:, :8].reshape(n, 1, 8) >> torch.tensor([0, 4], dtype=torch.uint8, device=b.device).view(1, 2, 1)
-    high = packed[:, 8:].reshape(n, 1, 4) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device).view(1, 4, 1)
+    low = packed[:, :8].reshape(n, 1, 8) >> _constant((0, 4), torch.uint8, b.device).view(1, 2, 1)
+    high = packed[:, 8:].reshape(n, 1, 4) >> _constant((0, 2, 4, 6), torch.uint8, b.device).view(1, 4, 1)
     scales = (low.reshape(n, 16) & 0x0F) | ((high.reshape(n, 16) & 0x03) << 4)
     scales = (scales.to(torch.int8) - 32).to(torch.float32)
     dl = (d * scales).reshape(n, 16, 1)
@@ -195,12 +204,12 @@ def _iq4_xs(b):
     scales_h = b[:, 2:4].to(torch.int64)
     scales_h = scales_h[:, :1] | (scales_h[:, 1:2] << 8)
     scales_h = (scales_h >> torch.arange(0, 16, 2, device=b.device)) & 3
-    scales_l = b[:, 4:8].reshape(n, -1, 1) >> torch.tensor([0, 4], dtype=torch.uint8, device=b.device).view(1, 1, 2)
+    scales_l = b[:, 4:8].reshape(n, -1, 1) >> _constant((0, 4), torch.uint8, b.device).view(1, 1, 2)
     scales_l = scales_l.reshape(n, -1) & 0x0F
     scales = (scales_l | (scales_h.to(torch.uint8) << 4)).to(torch.int8) - 32
     dl = (d * scales.to(torch.float32)).reshape(n, -1, 1)
     q = _nibbles(b[:, 8:], n, 16).reshape(n, -1, 32).to(torch.int64)
-    table = torch.tensor(IQ4_VALUES, dtype=torch.int8, device=b.device)
+    table = _constant(IQ4_VALUES, torch.int8, b.device)
     return (dl * table[q].to(torch.float32)).reshape(n, -1)
 
 
@@ -220,11 +229,7 @@ def dequantize(data: torch.Tensor, qtype, shape, dtype: torch.dtype = torch.floa
         raw = raw.view(torch.uint8)
     if raw.numel() != expected:
         raise ValueError(f"{NAMES[qtype]} tensor of shape {list(shape)} needs {expected} bytes, got {raw.numel()}")
-    if qtype == F32:
-        return raw.view(torch.float32).reshape(shape).to(dtype)
-    if qtype == F16:
-        return raw.view(torch.float16).reshape(shape).to(dtype)
-    if qtype == BF16:
-        return raw.view(torch.bfloat16).reshape(shape).to(dtype)
+    if qtype in PLAIN_DTYPES:
+        return raw.view(PLAIN_DTYPES[qtype]).reshape(shape).to(dtype)
     _, size = BLOCKS[qtype]
     return KERNELS[qtype](raw.reshape(-1, size)).reshape(shape).to(dtype)

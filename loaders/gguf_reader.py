@@ -18,8 +18,9 @@ import re
 import torch
 
 from .errors import ModelFileError, summarize_keys
-from .readers import Checkpoint
+from .gguf_dequant import PLAIN_DTYPES, SUPPORTED_TYPES
 from .quant.tensor import GGUF, QuantizedTensor
+from .readers import Checkpoint
 
 ORIGINAL_SHAPE_KEY = "comfy.gguf.orig_shape."
 # llama.cpp's names for a decoder-only language model (Qwen2/Qwen2-VL, ...) -> transformers' names.
@@ -40,7 +41,6 @@ LLAMA_CPP_NAMES = [
 # Architectures whose llama.cpp conversion permutes the q/k rows (for its RoPE layout); mapping those
 # back is not implemented yet, so they are refused rather than loaded wrong.
 PERMUTED_QK_ARCHITECTURES = {"llama", "mistral", "mistral3"}
-PLAIN_TYPES = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # GGML type -> torch dtype
 
 
 def transformers_name(name: str) -> str:
@@ -90,8 +90,6 @@ class GGUFFile(Checkpoint):
 
     def _check_types(self, gguf) -> None:
         """Refuse the file up front (nothing loaded yet) if a tensor is of a type we cannot dequantize."""
-        from .gguf_dequant import SUPPORTED_TYPES
-
         unsupported = {}
         for name, (qtype, *_rest) in self._entries.items():
             if qtype not in SUPPORTED_TYPES:
@@ -125,7 +123,7 @@ class GGUFFile(Checkpoint):
 
     def dtype(self, key):
         qtype = self._entries[key][0]
-        return PLAIN_TYPES.get(qtype, torch.uint8)
+        return PLAIN_DTYPES.get(qtype, torch.uint8)
 
     def _mapped(self) -> torch.UntypedStorage:
         if self._storage is None:
@@ -136,7 +134,7 @@ class GGUFFile(Checkpoint):
     def tensor(self, key):
         qtype, shape, offset, nbytes = self._entries[key]
         raw = torch.empty(0, dtype=torch.uint8).set_(self._mapped(), offset, (nbytes,))
-        plain = PLAIN_TYPES.get(qtype)
+        plain = PLAIN_DTYPES.get(qtype)
         if plain is not None:
             element = torch.empty(0, dtype=plain).element_size()
             if offset % element:

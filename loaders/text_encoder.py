@@ -23,7 +23,7 @@ from .assign import assign_state_dict
 from .detection import TEXT_ENCODER, find_component
 from .errors import ModelFileError
 from .quant.ops import quantized_ops
-from .quant.tensor import is_quantized
+from .quant.tensor import holds_quantized
 from .readers import Checkpoint, open_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -117,7 +117,7 @@ def load_text_encoder(path, tokenizer_path=None, tokenizer_search=(), dtype: tor
 
     state_dict = {name: checkpoint.tensor(key) for key, name in names.items()}
     operations = operations or StandaloneOps
-    if any(is_quantized(t) for t in state_dict.values()):
+    if holds_quantized(state_dict):
         operations = quantized_ops(operations)  # FP8 / GGUF weights stay quantized, dequantized per layer
     model = qwen25vl.build_text_model(config, operations, dtype=dtype)
     description = f"{identity.description} ({config.num_hidden_layers} layers, hidden {config.hidden_size})"

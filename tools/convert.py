@@ -25,8 +25,10 @@ import torch
 
 from ..loaders.detection import DIFFUSION_MODEL, TEXT_ENCODER, find_component, identify_all
 from ..loaders.errors import ModelFileError
+from ..loaders.quant.fp8 import FP8_DTYPES
+from ..loaders.quant.requant import fp8_with_scale
 from ..loaders.quant.tensor import is_quantized
-from ..loaders.readers import open_checkpoint
+from ..loaders.readers import SAFETENSORS_DTYPES, open_checkpoint
 from ..model_defs.families import FAMILIES
 from .kquants import QK_K, QUANTIZERS as K_QUANTIZERS
 
@@ -34,7 +36,6 @@ GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
 FP8_SCALED = "fp8_scaled"
 TYPES = GGUF_TYPES + (FP8_SCALED,)
 GGUF_BLOCK = 32  # the block width of the legacy types; K types need rows of 256 (else they fall to Q8_0)
-FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)
 
 
 @dataclass
@@ -69,8 +70,7 @@ def _source(path):
     if not parts:
         find_component(checkpoint, DIFFUSION_MODEL)  # raises the detailed "what is this file" error
     identity = parts[0]
-    quantized = [k for k in checkpoint.keys() if checkpoint.dtype(k) in (torch.float8_e4m3fn, torch.float8_e5m2)
-                 or is_quantized(checkpoint.tensor(k))]
+    quantized = [k for k in checkpoint.keys() if checkpoint.dtype(k) in FP8_DTYPES or is_quantized(checkpoint.tensor(k))]
     if quantized:
         raise ModelFileError(checkpoint.path, "is already quantized; convert from the bf16/fp16 file",
                              found=f"{len(quantized)} quantized tensors")
@@ -129,21 +129,13 @@ def _write_gguf(checkpoint, plans, target, qtype, family, metadata, progress):
     writer.close()
 
 
-# --- scaled FP8 (ComfyUI's "scaled_fp8" layout) ---------------------------------------------------------
-def _fp8_parts(tensor: torch.Tensor):
-    """(fp8 weight, float32 scalar scale) with the tensor's largest magnitude at the format's maximum."""
-    w = tensor.float()
-    scale = w.abs().max() / FP8_MAX
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (w / scale).to(torch.float8_e4m3fn), scale.reshape(())
-
-
+# --- scaled FP8 (ComfyUI's "scaled_fp8" layout: one scalar scale_weight per layer) ---------------------
 def _write_fp8(checkpoint, plans, target, metadata, progress):
     last = {}  # the weight and its scale are written one after the other: quantize once
 
     def parts(key):
         if last.get("key") != key:
-            last.update(key=key, parts=_fp8_parts(checkpoint.tensor(key)))
+            last.update(key=key, parts=fp8_with_scale(checkpoint.tensor(key)))
         return last["parts"]
 
     entries = [("scaled_fp8", torch.float8_e4m3fn, (0,), lambda: torch.empty(0, dtype=torch.float8_e4m3fn))]
@@ -159,9 +151,7 @@ def _write_fp8(checkpoint, plans, target, metadata, progress):
     write_safetensors_streaming(target, entries, metadata, progress)
 
 
-SAFETENSORS_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
-                     torch.int32: "I32", torch.uint8: "U8"}
+SAFETENSORS_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def write_safetensors_streaming(path, entries, metadata=None, progress=None) -> None:

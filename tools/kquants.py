@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-QK_K = 256
+from ..loaders.gguf_dequant import QK_K
 
 
 def _super_blocks(x: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ Layouts read:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -126,16 +127,9 @@ def looks_like_scale_map(checkpoint: Checkpoint) -> bool:
     """A map holds only one-value tensors, under layer names without a `.weight` suffix."""
     keys = checkpoint.keys()
     return bool(keys) and all(
-        not k.endswith((".weight", ".bias")) and len(checkpoint.shape(k)) <= 1 and _numel(checkpoint.shape(k)) == 1
+        not k.endswith((".weight", ".bias")) and len(checkpoint.shape(k)) <= 1 and math.prod(checkpoint.shape(k)) == 1
         for k in keys
     )
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def read_scale_map(path) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .requant import requantize_like
-from .tensor import QuantizedTensor, is_quantized
+from .tensor import is_quantized
 
 
 def _dequantized(layer, like: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,3 @@ def quantized_ops(base):
         "Linear": _quantized_linear(base.Linear),
         "Embedding": _quantized_embedding(base.Embedding),
     })
-
-
-def has_quantized(state_dict: dict) -> bool:
-    return any(isinstance(t, QuantizedTensor) for t in state_dict.values())

@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import torch
 
+from ..gguf_dequant import BLOCKS, Q8_0
 from .tensor import FP8_SCALED, GGUF, QuantizedTensor
 
-Q8_0 = 8  # GGMLQuantizationType.Q8_0
-Q8_0_BLOCK = 32
+Q8_0_BLOCK, _ = BLOCKS[Q8_0]
 
 
-def quantize_fp8_rows(weight: torch.Tensor, dtype=torch.float8_e4m3fn) -> QuantizedTensor:
-    """FP8 with one float32 scale per output row (row max maps to the format's largest value)."""
+def fp8_with_scale(weight: torch.Tensor, dtype=torch.float8_e4m3fn, per_row: bool = False):
+    """(fp8 data, float32 scale) with value = data * scale: the largest magnitude (of the tensor, or of
+    each output row) maps to the format's largest value. An all-zero tensor or row gets scale 1."""
     w = weight.float()
-    rows = w.reshape(w.shape[0], -1)
+    rows = w.reshape(w.shape[0], -1) if per_row else w.reshape(1, -1)
     scale = rows.abs().amax(dim=1) / torch.finfo(dtype).max
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     data = (rows / scale[:, None]).to(dtype).reshape(w.shape)
-    return QuantizedTensor(data, FP8_SCALED, w.shape, scale=scale)
+    return data, scale if per_row else scale.reshape(())
+
+
+def quantize_fp8_rows(weight: torch.Tensor, dtype=torch.float8_e4m3fn) -> QuantizedTensor:
+    """FP8 with one float32 scale per output row."""
+    data, scale = fp8_with_scale(weight, dtype, per_row=True)
+    return QuantizedTensor(data, FP8_SCALED, weight.shape, scale=scale)
 
 
 def quantize_q8_0(weight: torch.Tensor) -> QuantizedTensor:

@@ -9,8 +9,6 @@ and only the layer being computed ever holds a full-precision copy.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..gguf_dequant import dequantize as gguf_dequantize
@@ -125,3 +123,8 @@ def logical_shape(tensor: torch.Tensor) -> tuple[int, ...]:
 
 def is_quantized(tensor) -> bool:
     return isinstance(tensor, QuantizedTensor)
+
+
+def holds_quantized(state_dict: dict) -> bool:
+    """Whether any weight is quantized: the network then needs layers that dequantize (quant/ops.py)."""
+    return any(is_quantized(t) for t in state_dict.values())

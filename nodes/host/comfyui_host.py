@@ -251,14 +251,12 @@ class ComfyUIHost:
         config = _model_config(spec, model_file.config, attention_backend)
         keep_quantized = model_file.quantized and weight_dtype == "default"
         if keep_quantized:
-            # Weights stay quantized; the compute dtype is what the device runs best.
-            unet_dtype = mm.unet_dtype(model_params=model_file.parameter_count,
-                                       supported_dtypes=config.supported_inference_dtypes, weight_dtype=torch.bfloat16)
             config.custom_operations = quantized_ops(comfy.ops.manual_cast)
-        elif weight_dtype == "default":
+        if weight_dtype == "default":
+            # Quantized weights stay quantized: the compute dtype is chosen as for a bf16 file.
             unet_dtype = mm.unet_dtype(model_params=model_file.parameter_count,
                                        supported_dtypes=config.supported_inference_dtypes,
-                                       weight_dtype=model_file.stored_dtype)
+                                       weight_dtype=torch.bfloat16 if keep_quantized else model_file.stored_dtype)
         else:
             unet_dtype = WEIGHT_DTYPES[weight_dtype]
         manual_cast = mm.unet_manual_cast(unet_dtype, load_device, config.supported_inference_dtypes)
