@@ -6,6 +6,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MANIFESTS = SHARED / "reference" / "manifests"
@@ -21,10 +23,8 @@ def manifest_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v) for k, v in manifest(name)["tensors"].items()}
 
 
-def encode_qwen_prompts(text_encoder, prompts) -> "torch.Tensor":
+def encode_qwen_prompts(text_encoder, prompts) -> torch.Tensor:
     """Qwen-Image prompt embeddings (float32) from a loaded text encoder (loaders.text_encoder)."""
-    import torch
-
     from comfyui_mmdit.model_defs.qwen_image.family import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
     from comfyui_mmdit.model_defs.text_encoders import qwen25vl
 

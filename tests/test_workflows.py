@@ -1,7 +1,6 @@
 """Every shipped workflow: node types exist, widget values fit INPUT_TYPES, links join matching types."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -132,7 +132,6 @@ def test_core_lora_loader_on_a_quantized_model(comfy_inprocess, pack, conditioni
                                                weight_tolerance):
     """LoraLoaderModelOnly on the quantized model matches the same LoRA on bf16; the patched weights are
     merged once when the model loads (kept at 8 bits), not recomputed on every forward."""
-    from comfy_extras import nodes_model_advanced  # noqa: F401  (ComfyUI's core nodes import cleanly)
     from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
 
     comfy = comfy_inprocess.comfy

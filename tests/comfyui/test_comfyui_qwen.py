@@ -2,8 +2,6 @@
 LoRA loader; the MMDiTSampler inside ComfyUI gives the image the standalone path (and so diffusers) gives.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 
