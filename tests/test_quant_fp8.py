@@ -7,14 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_mmdit.loaders.diffusion_model import read_diffusion_model
 from comfyui_mmdit.loaders.errors import ModelFileError
 from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
 from comfyui_mmdit.loaders.readers import open_checkpoint
-from comfyui_mmdit.nodes.host.standalone import StandaloneHost
 from comfyui_mmdit.tools.convert import convert
-from comfyui_mmdit.tools.tiny_models import TINY_QWEN_DIT, tiny_qwen_dit_state_dict, write_safetensors
-from helpers import encode_qwen_prompts
+from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict, write_safetensors
+from helpers import encode_qwen_prompts, load_and_run_dit
 
 # Relative output error of the tiny transformer against its bf16 original. FP8 e4m3 keeps 3 mantissa
 # bits (~3% per weight); errors average out over each dot product. Measured ~0.12%; bound with margin.
@@ -46,21 +44,11 @@ def _comfy_quant_variant(scaled, path):
     return path
 
 
-def _output(host, path):
-    model = host.load_diffusion_model(read_diffusion_model(path))
-    g = torch.Generator().manual_seed(0)
-    latent = torch.randn(1, 16, 8, 12, generator=g)
-    context = torch.randn(1, 6, TINY_QWEN_DIT.joint_attention_dim, generator=g)
-    with torch.no_grad():
-        return model, model.network(latent, torch.tensor([0.5]), context)
-
-
 def test_scaled_fp8_layouts_match_bf16(files, tmp_path):
     root, bf16, scaled = files
-    host = StandaloneHost(models_dir=root, device="cpu")
-    _, reference = _output(host, bf16)
+    _, reference = load_and_run_dit(bf16)
     for path in (scaled, _comfy_quant_variant(scaled, tmp_path / "qwen_fp8_mixed.safetensors")):
-        model, out = _output(host, path)
+        model, out = load_and_run_dit(path)
         weights = dict(model.network.named_parameters())
         fp8 = [n for n, p in weights.items() if isinstance(p, QuantizedTensor)]
         assert fp8 and all(weights[n].dtype == torch.float8_e4m3fn for n in fp8)  # kept as FP8 in memory
@@ -76,7 +64,7 @@ def test_plain_fp8_file(files, tmp_path):
              for k, v in load_file(str(bf16)).items()}
     path = tmp_path / "qwen_image_fp8_e4m3fn.safetensors"
     save_file(state, str(path))
-    model, out = _output(StandaloneHost(models_dir=root, device="cpu"), path)
+    model, out = load_and_run_dit(path)
     assert model.network.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
     assert torch.isfinite(out).all()
 
@@ -105,9 +93,8 @@ def _official_release(bf16, folder, weights_name="qwen_fp8.pt", map_name="qwen_f
 def test_official_release_with_scale_map(files, tmp_path, names):
     root, bf16, _ = files
     weights, _ = _official_release(bf16, tmp_path, *names)
-    host = StandaloneHost(models_dir=root, device="cpu")
-    _, reference = _output(host, bf16)
-    model, out = _output(host, weights)
+    _, reference = load_and_run_dit(bf16)
+    model, out = load_and_run_dit(weights)
     to_q = model.network.transformer_blocks[0].attn.to_q.weight
     assert isinstance(to_q, QuantizedTensor) and to_q.dtype == torch.float8_e4m3fn and to_q.scale.numel() == 1
     error = ((out - reference).norm() / reference.norm()).item()

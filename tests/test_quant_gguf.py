@@ -11,14 +11,11 @@ from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
 from comfyui_mmdit.loaders.readers import open_checkpoint
 from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
 from comfyui_mmdit.model_defs.qwen_image.transformer import QwenImageConfig
-from comfyui_mmdit.nodes.host.standalone import StandaloneHost
 from comfyui_mmdit.tools.convert import GGUF_TYPES, convert
-from comfyui_mmdit.tools.tiny_models import (
-    TINY_QWEN_DIT, tiny_qwen_dit_state_dict, tiny_qwen_text_state_dict, write_safetensors,
-)
+from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict, tiny_qwen_text_state_dict, write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
-from helpers import encode_qwen_prompts
+from helpers import encode_qwen_prompts, load_and_run_dit
 
 gguf = pytest.importorskip("gguf")
 
@@ -46,26 +43,14 @@ def wide_source(tmp_path_factory):
                                    dtype=torch.bfloat16)
 
 
-def _inputs(text_width=TINY_QWEN_DIT.joint_attention_dim):
-    g = torch.Generator().manual_seed(0)
-    return (torch.randn(1, 16, 8, 12, generator=g), torch.tensor([0.5]),
-            torch.randn(1, 6, text_width, generator=g))
-
-
-def _output(root, path):
-    model = StandaloneHost(models_dir=root, device="cpu").load_diffusion_model(read_diffusion_model(path))
-    with torch.no_grad():
-        return model, model.network(*_inputs(model.network.config.joint_attention_dim))
-
-
 @pytest.mark.parametrize("qtype", GGUF_TYPES)
 def test_converted_gguf_stays_quantized_and_is_accurate(source, wide_source, qtype):
     root, bf16 = wide_source if qtype.endswith("_K") else source
-    _, reference = _output(root, bf16)
+    _, reference = load_and_run_dit(bf16)
     path = convert(bf16, root / f"qwen-{qtype}.gguf", qtype)
     checkpoint = open_checkpoint(path)
     assert checkpoint.architecture == "qwen_image"  # the family, recorded in the file
-    model, out = _output(root, path)
+    model, out = load_and_run_dit(path)
     weights = dict(model.network.named_parameters())
     to_q = weights["transformer_blocks.0.attn.to_q.weight"]
     assert isinstance(to_q, QuantizedTensor) and to_q.qtype == int(gguf.GGMLQuantizationType[qtype])
@@ -143,8 +128,8 @@ def test_reshaped_tensors_get_their_shape_back(source, tmp_path):
         tensors[key] = (value, None)
     path = _write_gguf(tmp_path / "flat.gguf", "qwen_image", tensors, metadata)
     assert open_checkpoint(path).shape("img_in.weight") == tuple(state.shape("img_in.weight"))
-    _, out = _output(root, path)
-    _, reference = _output(root, bf16)
+    _, out = load_and_run_dit(path)
+    _, reference = load_and_run_dit(bf16)
     torch.testing.assert_close(out, reference, atol=5e-2, rtol=5e-2)
 
 

@@ -6,6 +6,7 @@ skip when there is none. The checkout is used as it is; nothing of it is copied 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -66,6 +67,29 @@ def import_comfy_inprocess() -> types.SimpleNamespace:
     finally:
         sys.argv = argv
     return types.SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=nodes, path=path)
+
+
+def write_tiny_models(folder_paths, models: Path, files: dict[str, str]) -> None:
+    """Tiny random-weight Qwen-Image components at models/<folder>/<name>, registered as ComfyUI's folders."""
+    from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+    for folder, name in files.items():
+        write_tiny_component(folder, models / folder / name)
+        folder_paths.add_model_folder_path(folder, str(models / folder), is_default=True)
+
+
+@contextlib.contextmanager
+def pack_on_comfyui_host():
+    """The pack's nodes with their host chosen afresh (ComfyUI is imported, so the ComfyUI host); the
+    choice is reset afterwards so other tests pick their own."""
+    from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS, host
+
+    host.set_host(None)
+    assert host.get_host().name == "comfyui"
+    try:
+        yield NODE_CLASS_MAPPINGS
+    finally:
+        host.set_host(None)
 
 
 def network_forward(model, seed: int = 3):

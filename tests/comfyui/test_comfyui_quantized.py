@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_harness import network_forward, streamed_layers
+from comfy_harness import network_forward, pack_on_comfyui_host, streamed_layers, write_tiny_models
 
 QWEN = "Qwen-Image"
 PROMPT = "a lighthouse at dusk"
@@ -19,15 +19,11 @@ SAMPLE_REL_ERROR = {"tiny-Q8_0.gguf": 0.002, "tiny-fp8_scaled.safetensors": 0.01
 
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess, tmp_path_factory):
-    from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS, host
     from comfyui_mmdit.tools.convert import convert
-    from comfyui_mmdit.tools.tiny_models import write_tiny_component
 
     models = tmp_path_factory.mktemp("comfy_quantized")
-    folders = {"diffusion_models": "tiny.safetensors", "text_encoders": "tiny_te.safetensors",
-               "vae": "tiny_vae.safetensors"}
-    for folder, name in folders.items():
-        write_tiny_component(folder, models / folder / name)
+    write_tiny_models(comfy_inprocess.folder_paths, models, {
+        "diffusion_models": "tiny.safetensors", "text_encoders": "tiny_te.safetensors", "vae": "tiny_vae.safetensors"})
     dit = models / "diffusion_models"
     for name in QUANTIZED:
         qtype = name[len("tiny-"):].split(".")[0]
@@ -36,13 +32,9 @@ def pack(comfy_inprocess, tmp_path_factory):
     convert(te / "tiny_te.safetensors", te / "tiny_te-Q8_0.gguf", "Q8_0")
     (te / "tiny_te-Q8_0_tokenizer").symlink_to(te / "tiny_te_tokenizer")
     (models / "loras").mkdir()
-    for folder in (*folders, "loras"):
-        comfy_inprocess.folder_paths.add_model_folder_path(folder, str(models / folder), is_default=True)
-
-    host.set_host(None)
-    assert host.get_host().name == "comfyui"
-    yield NODE_CLASS_MAPPINGS, models
-    host.set_host(None)
+    comfy_inprocess.folder_paths.add_model_folder_path("loras", str(models / "loras"), is_default=True)
+    with pack_on_comfyui_host() as nodes:
+        yield nodes, models
 
 
 @pytest.fixture(scope="module")

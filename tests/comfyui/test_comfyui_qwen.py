@@ -5,7 +5,7 @@ LoRA loader; the MMDiTSampler inside ComfyUI gives the image the standalone path
 import pytest
 import torch
 
-from comfy_harness import network_forward, streamed_layers
+from comfy_harness import network_forward, pack_on_comfyui_host, streamed_layers, write_tiny_models
 
 QWEN = "Qwen-Image"
 PROMPT = "a red fox in the snow"
@@ -14,21 +14,11 @@ PROMPT = "a red fox in the snow"
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess, tmp_path_factory):
     """The pack's nodes with ComfyUI as host, tiny Qwen-Image files registered in ComfyUI's folders."""
-    from comfyui_mmdit.tools.tiny_models import write_tiny_component
-
     models = tmp_path_factory.mktemp("comfy_models")
-    for folder, name in (("diffusion_models", "tiny.safetensors"), ("text_encoders", "tiny.safetensors"),
-                         ("vae", "tiny_vae.safetensors")):
-        write_tiny_component(folder, models / folder / name)
-        comfy_inprocess.folder_paths.add_model_folder_path(folder, str(models / folder), is_default=True)
-
-    from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
-    from comfyui_mmdit.nodes import host
-
-    host.set_host(None)  # chosen afresh: ComfyUI is loaded, so the ComfyUI host
-    assert host.get_host().name == "comfyui"
-    yield NODE_CLASS_MAPPINGS, models
-    host.set_host(None)
+    write_tiny_models(comfy_inprocess.folder_paths, models, {
+        "diffusion_models": "tiny.safetensors", "text_encoders": "tiny.safetensors", "vae": "tiny_vae.safetensors"})
+    with pack_on_comfyui_host() as nodes:
+        yield nodes, models
 
 
 @pytest.fixture(scope="module")
