@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import current_rss_mb, import_pack, interleaved_times, peak_rss_mb, reset_peak_rss
+from common import current_rss_mb, import_pack, interleaved_times, peak_rss_mb, reset_peak_rss, run_child
 
 import_pack()
 
@@ -112,9 +109,7 @@ def bench_load(folder: Path) -> None:
     print(f"load: Qwen-Image transformer at full width, {LOAD_CONFIG.num_layers} blocks; fresh process per file")
     print(f"{'weights':12} {'file MB':>9} {'peak RSS loaded':>16} {'ratio':>6} {'peak RSS +forward':>18} {'ratio':>6}")
     for name, path in files.items():
-        out = subprocess.run([sys.executable, __file__, "--measure-load", str(path)], capture_output=True,
-                             text=True, check=True, env=dict(os.environ, MALLOC_TRIM_THRESHOLD_="0"))
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result = run_child(__file__, "--measure-load", path, env={"MALLOC_TRIM_THRESHOLD_": "0"})
         size = path.stat().st_size / 2**20
         print(f"{name:12} {size:9.0f} {result['loaded_mb']:13.0f} MB {result['loaded_mb'] / size:6.2f} "
               f"{result['forward_mb']:15.0f} MB {result['forward_mb'] / size:6.2f}")

@@ -9,14 +9,9 @@ memory of one forward in a fresh process for each.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import torch
 
-from common import import_pack, interleaved_times, peak_rss_mb, reset_peak_rss
+from common import MEMORY_ENV, import_pack, interleaved_times, main_or_memory_child, run_child
 
 import_pack()
 
@@ -62,28 +57,11 @@ def build(which: str):
     return forward
 
 
-def measure_memory(which: str) -> None:
-    """Child process: build, run one forward after resetting the peak, print peak - baseline (MB)."""
-    forward = build(which)
-    forward()  # first-call allocations (RoPE tables, kernels) out of the way
-    from common import current_rss_mb
-
-    baseline = current_rss_mb()
-    reset_peak_rss()
-    forward()
-    print(json.dumps({"peak_extra_mb": peak_rss_mb() - baseline}))
-
-
 def main() -> None:
     torch.set_num_threads(2)
     times = interleaved_times({"ours": build("ours"), "diffusers": build("diffusers")}, repeats=7)
-    memory = {}
-    # Large blocks straight from mmap, returned on free: resident memory then follows live tensors.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    for which in ("ours", "diffusers"):
-        out = subprocess.run([sys.executable, __file__, "--memory", which], capture_output=True, text=True,
-                             check=True, env=env)
-        memory[which] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mb"]
+    memory = {which: run_child(__file__, "--memory", which, env=MEMORY_ENV)["peak_extra_mb"]
+              for which in ("ours", "diffusers")}
     print(f"config: {CONFIG}, latent {LATENT}, text tokens {TEXT_TOKENS}, fp32 CPU, {torch.get_num_threads()} threads")
     for which in ("ours", "diffusers"):
         print(f"{which:10s} forward {times[which] * 1000:8.1f} ms   peak extra RSS during forward {memory[which]:7.1f} MB")
@@ -92,8 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
-        torch.set_num_threads(2)
-        measure_memory(sys.argv[2])
-    else:
-        main()
+    main_or_memory_child(main, build)

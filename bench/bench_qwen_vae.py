@@ -9,14 +9,9 @@ single-frame path as 2-D convolutions over the same causal 3-D weights.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import torch
 
-from common import current_rss_mb, import_pack, interleaved_times, peak_rss_mb, reset_peak_rss
+from common import MEMORY_ENV, import_pack, interleaved_times, main_or_memory_child, run_child
 
 import_pack()
 
@@ -52,12 +47,8 @@ def main() -> None:
     ref_decode, ref_encode = build("diffusers")
     times = interleaved_times({"ours decode": ours_decode, "diffusers decode": ref_decode,
                                "ours encode": ours_encode, "diffusers encode": ref_encode}, repeats=3)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    memory = {}
-    for which in ("ours", "diffusers"):
-        out = subprocess.run([sys.executable, __file__, "--memory", which], capture_output=True, text=True,
-                             check=True, env=env)
-        memory[which] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mb"]
+    memory = {which: run_child(__file__, "--memory", which, env=MEMORY_ENV)["peak_extra_mb"]
+              for which in ("ours", "diffusers")}
     print(f"full-size Qwen-Image VAE, latent {LATENT} -> 256x256, fp32 CPU, {torch.get_num_threads()} threads")
     for name, seconds in times.items():
         print(f"{name:18s} {seconds * 1000:8.0f} ms")
@@ -67,18 +58,9 @@ def main() -> None:
           f"ratio {memory['ours'] / memory['diffusers']:.2f}")
 
 
-def measure_memory(which: str) -> None:
-    decode, _ = build(which)
-    decode()
-    baseline = current_rss_mb()
-    reset_peak_rss()
-    decode()
-    print(json.dumps({"peak_extra_mb": peak_rss_mb() - baseline}))
+def build_decode(which: str):
+    return build(which)[0]
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
-        torch.set_num_threads(2)
-        measure_memory(sys.argv[2])
-    else:
-        main()
+    main_or_memory_child(main, build_decode)

@@ -6,8 +6,10 @@ never assert on time.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -45,6 +47,40 @@ def current_rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("VmRSS not available")
+
+
+# For child processes measuring memory: large blocks straight from mmap and returned on free, so resident
+# memory follows live tensors rather than what the allocator keeps cached.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def run_child(script, *args, env: dict | None = None) -> dict:
+    """Run `python script args...` in a fresh process and return the JSON object its last line prints."""
+    out = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, **(env or {})))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_extra_mb(fn) -> float:
+    """Peak resident memory above the current level during one call of `fn` (MB). `fn` runs once before,
+    so first-call allocations (kernels, cached tables) are not counted."""
+    fn()
+    baseline = current_rss_mb()
+    reset_peak_rss()
+    fn()
+    return peak_rss_mb() - baseline
+
+
+def main_or_memory_child(main, build) -> None:
+    """`script` runs main(); `script --memory WHICH` is the child that prints {"peak_extra_mb": ...} for the
+    callable `build(WHICH)` returns."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
+        import torch
+
+        torch.set_num_threads(2)
+        print(json.dumps({"peak_extra_mb": peak_extra_mb(build(sys.argv[2]))}))
+    else:
+        main()
 
 
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
