@@ -111,6 +111,23 @@ def streamed_layers(model) -> list:
     return [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
 
 
+@contextlib.contextmanager
+def partially_loaded(model):
+    """A clone of MODEL `model` with a quarter of its network's bytes loaded and the other layers streamed
+    (cast at use), as ComfyUI's memory manager does when memory is short; unloaded on leaving."""
+    import comfy.model_management
+    import torch
+
+    partial = model.clone()
+    budget = comfy.model_management.module_size(partial.model.diffusion_model) // 4
+    partial.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
+    try:
+        assert partial.model.model_lowvram and streamed_layers(partial)
+        yield partial
+    finally:
+        partial.unpatch_model(torch.device("cpu"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

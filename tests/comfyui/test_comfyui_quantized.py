@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_harness import network_forward, pack_on_comfyui_host, streamed_layers, write_tiny_models
+from comfy_harness import (
+    network_forward, pack_on_comfyui_host, partially_loaded, streamed_layers, write_tiny_models,
+)
 
 QWEN = "Qwen-Image"
 PROMPT = "a lighthouse at dusk"
@@ -89,19 +91,13 @@ def test_quantized_file_is_a_native_model_close_to_bf16(comfy_inprocess, pack, c
     assert error < SAMPLE_REL_ERROR[name]
 
 
-def test_low_vram_partial_loading_of_a_quantized_model(comfy_inprocess, pack):
+def test_low_vram_partial_loading_of_a_quantized_model(pack):
     nodes, _ = pack
     model = _load(nodes, "tiny-Q4_0.gguf")
     reference = network_forward(model)
-    partial = model.clone()
-    budget = comfy_inprocess.comfy.model_management.module_size(partial.model.diffusion_model) // 4
-    partial.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
-    try:
-        assert partial.model.model_lowvram and streamed_layers(partial)
+    with partially_loaded(model) as partial:
         torch.testing.assert_close(network_forward(partial), reference, atol=1e-5, rtol=1e-5)
         assert streamed_layers(partial)  # still streamed while it ran
-    finally:
-        partial.unpatch_model(torch.device("cpu"))
 
 
 def _write_lora(models, network, name="detail.safetensors"):
@@ -164,7 +160,6 @@ def test_core_lora_loader_on_a_quantized_model(comfy_inprocess, pack, conditioni
 def test_lora_on_a_quantized_model_in_low_vram_mode(comfy_inprocess, pack):
     """Streamed layers get the LoRA as they run (ComfyUI's weight_function, applied to the dequantized
     weight); fully loaded ones have it merged and re-quantized to Q8_0. Both must give the merged result."""
-    comfy = comfy_inprocess.comfy
     nodes, models = pack
     quantized = _load(nodes, "tiny-Q8_0.gguf")
     lora_name, _ = _write_lora(models, quantized.model.diffusion_model, "lowvram.safetensors")
@@ -175,14 +170,10 @@ def test_lora_on_a_quantized_model_in_low_vram_mode(comfy_inprocess, pack):
         merged = network_forward(patched)
     finally:
         patched.unpatch_model(torch.device("cpu"))
-    budget = comfy.model_management.module_size(patched.model.diffusion_model) // 4
-    patched.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
-    try:
-        with_functions = [m for m in streamed_layers(patched) if getattr(m, "weight_function", None)]
+    with partially_loaded(patched) as partial:
+        with_functions = [m for m in streamed_layers(partial) if getattr(m, "weight_function", None)]
         assert with_functions  # the LoRA is applied at run time on these layers
-        streamed = network_forward(patched)
-    finally:
-        patched.unpatch_model(torch.device("cpu"))
+        streamed = network_forward(partial)
     error, effect = _relative(streamed, merged), _relative(merged, without_lora)
     print(f"LoRA streamed vs merged: {error:.4%} (the LoRA itself changes the output by {effect:.2%})")
     # merged weights were re-quantized to Q8_0, streamed ones used in full precision

@@ -5,7 +5,9 @@ LoRA loader; the MMDiTSampler inside ComfyUI gives the image the standalone path
 import pytest
 import torch
 
-from comfy_harness import network_forward, pack_on_comfyui_host, streamed_layers, write_tiny_models
+from comfy_harness import (
+    network_forward, pack_on_comfyui_host, partially_loaded, streamed_layers, write_tiny_models,
+)
 
 QWEN = "Qwen-Image"
 PROMPT = "a red fox in the snow"
@@ -88,19 +90,13 @@ def test_core_ksampler_and_vae_decode(comfy_inprocess, pack, graph):
     assert images.shape == (2, 48, 64, 3)
 
 
-def test_low_vram_partial_loading_gives_the_same_result(comfy_inprocess, pack, graph):
+def test_low_vram_partial_loading_gives_the_same_result(pack, graph):
     """With a budget smaller than the model, the memory manager leaves layers on the offload device and
     casts them at use; the result must not change."""
     reference = network_forward(graph["model"])
-    model = graph["model"].clone()
-    budget = comfy_inprocess.comfy.model_management.module_size(model.model.diffusion_model) // 4
-    model.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
-    try:
-        assert model.model.model_lowvram and streamed_layers(model)
+    with partially_loaded(graph["model"]) as model:
         torch.testing.assert_close(network_forward(model), reference, atol=1e-5, rtol=1e-5)
         assert streamed_layers(model)  # still streamed while it ran
-    finally:
-        model.unpatch_model(torch.device("cpu"))
 
 
 def test_core_lora_loader_patches_our_network(comfy_inprocess, pack, graph):
