@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -9,14 +10,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-MANIFESTS = SHARED / "reference" / "manifests"
+MANIFESTS = ROOT / "tests" / "reference" / "manifests"
 
 
 @lru_cache(maxsize=None)
 def manifest(name: str) -> dict:
-    """A published checkpoint's tensor names and shapes (see shared/reference/manifests/README.md)."""
-    return json.loads((MANIFESTS / f"{name}.json").read_text())
+    """A published checkpoint's tensor names and shapes (see tests/reference/README.md)."""
+    with gzip.open(MANIFESTS / f"{name}.json.gz", "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def manifest_shapes(name: str) -> dict[str, tuple[int, ...]]:
