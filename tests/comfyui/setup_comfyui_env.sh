@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares the test venv for ComfyUI integration tests: ComfyUI's runtime requirements (torch stays the
 # pinned CPU build) and a torchvision shim (torchvision has no CPU build matching torch 2.13 here; ComfyUI
-# only needs it to import). Idempotent: a marker file skips work already done.
+# only needs it to import). Idempotent: one marker per requirements file (several ComfyUI releases share
+# the venv) and one for the shim skip work already done.
 #   usage: bash tests/comfyui/setup_comfyui_env.sh [COMFYUI_PATH]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,24 +16,29 @@ VENV="${VENV:-.venv}"
 PY="$VENV/bin/python"
 SHIM=".cache/torchvision_shim"
 TORCHVISION_VERSION="0.28.0"
-MARKER=".cache/comfyui_env.done"
-STAMP="$(sha1sum "$COMFYUI_PATH/requirements.txt" | cut -c1-12)-$TORCHVISION_VERSION"
-
-if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$STAMP" ] && [ -d "$SHIM/torchvision" ]; then
-    echo "ComfyUI test environment: ready ($MARKER)"
-    exit 0
-fi
-mkdir -p .cache
+MARKERS=".cache/comfyui_env"
+REQUIREMENTS_MARKER="$MARKERS/requirements-$(sha1sum "$COMFYUI_PATH/requirements.txt" | cut -c1-12).done"
+SHIM_MARKER="$MARKERS/torchvision-shim-$TORCHVISION_VERSION.done"
+mkdir -p "$MARKERS"
 pip() { "$PY" -m pip --disable-pip-version-check -q "$@"; }
 
-echo "installing ComfyUI's requirements into $VENV (torch stays 2.13.0; no torchvision/torchaudio, no frontend)"
-# The web frontend, templates and docs packages only serve the browser UI; the API works without them.
-grep -v -E '^\s*(#|$)|^(torch|torchvision|torchaudio)\b|frontend-package|workflow-templates|embedded-docs' \
-    "$COMFYUI_PATH/requirements.txt" > .cache/comfyui_requirements.txt
-pip install -r .cache/comfyui_requirements.txt --constraint <(echo "torch==2.13.0")
-# Some of them (kornia, spandrel) pull a torchvision that cannot load beside this torch: remove it.
-pip uninstall -y torchvision >/dev/null 2>&1 || true
+if [ -f "$REQUIREMENTS_MARKER" ]; then
+    echo "ComfyUI's requirements: already installed ($COMFYUI_PATH/requirements.txt)"
+else
+    echo "installing ComfyUI's requirements into $VENV (torch stays 2.13.0; no torchvision/torchaudio, no frontend)"
+    # The web frontend, templates and docs packages only serve the browser UI; the API works without them.
+    grep -v -E '^\s*(#|$)|^(torch|torchvision|torchaudio)\b|frontend-package|workflow-templates|embedded-docs' \
+        "$COMFYUI_PATH/requirements.txt" > "$MARKERS/requirements.txt"
+    pip install -r "$MARKERS/requirements.txt" --constraint <(echo "torch==2.13.0")
+    # Some of them (kornia, spandrel) pull a torchvision that cannot load beside this torch: remove it.
+    pip uninstall -y torchvision >/dev/null 2>&1 || true
+    touch "$REQUIREMENTS_MARKER"
+fi
 
+if [ -f "$SHIM_MARKER" ] && [ -d "$SHIM/torchvision" ]; then
+    echo "ComfyUI test environment: ready"
+    exit 0
+fi
 echo "building the torchvision shim in $SHIM (pure-Python torchvision $TORCHVISION_VERSION, compiled parts removed)"
 rm -rf "$SHIM" .cache/torchvision_wheel && mkdir -p "$SHIM" .cache/torchvision_wheel
 pip download --no-deps --only-binary=:all: "torchvision==$TORCHVISION_VERSION" -d .cache/torchvision_wheel
@@ -52,5 +58,5 @@ for op in ("nms", "qnms"):  # fake kernels for operators the removed compiled li
 meta.write_text(text)
 PYEOF
 PYTHONPATH="$SHIM" "$PY" -c "import torchvision; print('torchvision shim imports:', torchvision.__version__)"
-echo "$STAMP" > "$MARKER"
+touch "$SHIM_MARKER"
 echo "ComfyUI test environment: ready"
