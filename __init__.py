@@ -1,5 +1,8 @@
-"""ComfyUI-MMDiT: ComfyUI entry point. ComfyUI reads the two mappings below; everything else lives in nodes/."""
+"""ComfyUI-MMDiT: ComfyUI entry point. ComfyUI reads the two mappings and the web folder below; everything
+else lives in nodes/."""
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+WEB_DIRECTORY = "./web"  # editor helpers (web/mmdit.js), served by ComfyUI to its frontend
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

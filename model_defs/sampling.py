@@ -59,18 +59,13 @@ class DynamicShiftSchedule:
     max_shift: float
     shift_terminal: float | None = None
 
-    def sigmas(self, steps: int, image_tokens: int, shift: float | None = None) -> torch.Tensor:
-        """steps + 1 sigmas ending in 0. A given `shift` replaces the dynamic one with a constant shift."""
+    def sigmas(self, steps: int, image_tokens: int) -> torch.Tensor:
+        """steps + 1 sigmas ending in 0."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        grid = linear_sigmas(steps)
-        if shift is None:
-            mu = dynamic_mu(image_tokens, self.base_image_seq_len, self.max_image_seq_len,
-                            self.base_shift, self.max_shift)
-            sigmas = exponential_shift(grid, mu)
-        else:
-            sigmas = constant_shift(grid, shift)
-        if self.shift_terminal and shift is None:
+        mu = dynamic_mu(image_tokens, self.base_image_seq_len, self.max_image_seq_len, self.base_shift, self.max_shift)
+        sigmas = exponential_shift(linear_sigmas(steps), mu)
+        if self.shift_terminal:
             sigmas = stretch_to_terminal(sigmas, self.shift_terminal)
         return torch.cat([sigmas.to(torch.float32), torch.zeros(1)])
 

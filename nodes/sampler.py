@@ -1,42 +1,45 @@
-"""MMDiTSampler: sampling with the family's official defaults, on the host's samplers and schedulers."""
+"""MMDiTSampler: sampling with the family's official schedule and guidance, or ComfyUI's samplers and schedulers."""
 
 from __future__ import annotations
 
+from ..model_defs.families import FAMILIES
 from ..model_defs.sampling import partial_schedule
 from .common import CATEGORY, log
 from .host import get_host
 from .sampling_request import SamplingRequest
 
-FAMILY_SCHEDULE = "family default"
+OFFICIAL_SCHEDULE = "official"
 
 
-def resolve_settings(spec, steps: int, cfg: float, shift: float) -> tuple[int, float, float | None]:
-    """0 means "the family's default" for steps, cfg and shift (shift None = the official dynamic shift)."""
-    return (steps or spec.default_steps, cfg if cfg > 0 else spec.default_cfg, shift if shift > 0 else None)
+def _official_values(attribute: str) -> str:
+    return ", ".join(f"{spec.display_name} {getattr(spec, attribute)}" for spec in FAMILIES.values())
 
 
-def schedule(host, spec, scheduler: str, steps: int, shift: float | None, latent_shape, denoise: float):
-    """steps + 1 sigmas for the chosen scheduler (the last `steps` of a longer schedule when denoise < 1)."""
-    if scheduler == FAMILY_SCHEDULE:
+def schedule(host, model, spec, scheduler: str, steps: int, latent_shape, denoise: float):
+    """steps + 1 sigmas for the chosen scheduler (the last `steps` of a longer schedule when denoise < 1).
+
+    official: the family's published schedule, whose shift follows from the image size (as the official
+    pipeline computes it). Any other name: the host's scheduler over the MODEL's own sampling, which ComfyUI's
+    ModelSampling* nodes set (outside ComfyUI: the family's common constant shift)."""
+    if scheduler == OFFICIAL_SCHEDULE:
         tokens = spec.image_tokens(latent_shape)
 
         def make(n):
-            return spec.schedule.sigmas(n, tokens, shift=shift)
+            return spec.schedule.sigmas(n, tokens)
     else:
-        constant = shift if shift is not None else spec.common_shift
         if scheduler not in host.scheduler_names():
             raise ValueError(f"scheduler {scheduler!r} is not available here; choose one of "
-                             f"{FAMILY_SCHEDULE}, {', '.join(host.scheduler_names())}")
+                             f"{OFFICIAL_SCHEDULE}, {', '.join(host.scheduler_names())}")
 
         def make(n):
-            return host.scheduler_sigmas(scheduler, n, constant)
+            return host.scheduler_sigmas(model, scheduler, n)
     return partial_schedule(make, steps, denoise)
 
 
 class MMDiTSampler:
-    DESCRIPTION = ("Samples a latent with the model family's official settings where a value is 0: "
-                   "Qwen-Image: 50 steps, true CFG 4.0 with the official norm rescale, and the official "
-                   "resolution-dependent shift. Uses ComfyUI's samplers and schedulers.")
+    DESCRIPTION = ("Samples a latent. The 'official' scheduler and the family's guidance rule reproduce the "
+                   "official pipeline for the same seed (Qwen-Image: 50 steps, true CFG 4.0 with norm rescale, "
+                   "shift from the image size). ComfyUI's samplers and schedulers work too.")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
@@ -44,6 +47,7 @@ class MMDiTSampler:
     @classmethod
     def INPUT_TYPES(cls):
         host = get_host()
+        first = next(iter(FAMILIES.values()))  # the widgets' defaults; shipped workflows carry each family's
         return {"required": {
             "model": ("MODEL",),
             "positive": ("CONDITIONING",),
@@ -51,27 +55,27 @@ class MMDiTSampler:
             "latent_image": ("LATENT",),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise is drawn as ComfyUI and the official pipelines (CPU generator) draw it."}),
-            "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
-                              "tooltip": "0 = the family's default (Qwen-Image: 50)."}),
-            "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Classifier-free guidance. 0 = the family's default (Qwen-Image: 4.0). "
-                                         "1 = no guidance (one pass per step)."}),
+            "steps": ("INT", {"default": first.default_steps, "min": 1, "max": 1000,
+                              "tooltip": f"Official values: {_official_values('default_steps')}."}),
+            "cfg": ("FLOAT", {"default": first.default_cfg, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance, applied with the family's rule (Qwen-Image: "
+                                         "true CFG with norm rescale). 1 = no guidance, one pass per step. "
+                                         f"Official values: {_official_values('default_cfg')}."}),
             "sampler_name": (list(host.sampler_names()), {"default": "euler"}),
-            "scheduler": ([FAMILY_SCHEDULE] + list(host.scheduler_names()), {
-                "default": FAMILY_SCHEDULE,
-                "tooltip": "family default: the official pipeline's sigma schedule. The others are ComfyUI's "
-                           "schedulers over a flow model shifted by 'shift'.",
+            "scheduler": ([OFFICIAL_SCHEDULE] + list(host.scheduler_names()), {
+                "default": OFFICIAL_SCHEDULE,
+                "tooltip": "official: the official pipeline's sigma schedule; its shift follows from the image "
+                           "size (Qwen-Image: exponential shift from 0.5 at 256 to 0.9 at 8192 image tokens, "
+                           "last sigma 0.02). The others are ComfyUI's schedulers over the MODEL's own shift, "
+                           "as the core KSampler uses it (set it with ModelSamplingAuraFlow: 3.1 in ComfyUI's "
+                           "Qwen-Image template; ComfyUI's default is close to that).",
             }),
-            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05,
-                                "tooltip": "0 = the family's default: with 'family default' the official "
-                                           "resolution-dependent shift, with other schedulers Qwen-Image's "
-                                           "common 3.1. A value > 0 sets a constant shift."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                   "tooltip": "Below 1 keeps part of the input latent (image-to-image)."}),
         }}
 
-    def sample(self, model, positive, negative, latent_image, seed, steps=0, cfg=0.0, sampler_name="euler",
-               scheduler=FAMILY_SCHEDULE, shift=0.0, denoise=1.0):
+    def sample(self, model, positive, negative, latent_image, seed, steps=50, cfg=4.0, sampler_name="euler",
+               scheduler=OFFICIAL_SCHEDULE, denoise=1.0):
         host = get_host()
         spec = host.model_family(model)
         latent = latent_image["samples"]
@@ -81,10 +85,9 @@ class MMDiTSampler:
                 f"{spec.latent_format.channels}-channel latents (use MMDiTEmptyLatent with family "
                 f"{spec.display_name}, or encode with its VAE)"
             )
-        steps, cfg, shift = resolve_settings(spec, steps, cfg, shift)
-        sigmas = schedule(host, spec, scheduler, steps, shift, latent.shape, denoise)
-        log.info("%s: %d steps, cfg %.2f, %s, %s, shift %s, denoise %.2f", spec.display_name, steps, cfg,
-                 sampler_name, scheduler, "official" if shift is None else shift, denoise)
+        sigmas = schedule(host, model, spec, scheduler, steps, latent.shape, denoise)
+        log.info("%s: %d steps, cfg %.2f, %s, %s, denoise %.2f", spec.display_name, steps, cfg, sampler_name,
+                 scheduler, denoise)
         request = SamplingRequest(
             latent=latent, positive=positive, negative=negative, seed=seed, sigmas=sigmas, cfg=cfg,
             sampler_name=sampler_name, guidance=spec.guidance, noise_mask=latent_image.get("noise_mask"),

@@ -10,7 +10,7 @@ from comfyui_mmdit.model_defs.qwen_image import family
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
 from comfyui_mmdit.nodes.host import set_host
 from comfyui_mmdit.nodes.host.standalone import StandaloneHost
-from comfyui_mmdit.nodes.sampler import resolve_settings, schedule
+from comfyui_mmdit.nodes.sampler import schedule
 from comfyui_mmdit.model_defs.families import QWEN_IMAGE
 from comfyui_mmdit.tools.tiny_models import write_tiny_component
 
@@ -43,9 +43,21 @@ def loaded(models):
 @pytest.mark.parametrize("aspect,size", [("1:1", (1328, 1328)), ("16:9", (1664, 928)), ("4:3", (1472, 1136)),
                                          ("2:3", (1056, 1584))])
 def test_empty_latent_presets(aspect, size):
-    latent, = NODES["MMDiTEmptyLatent"]().generate(QWEN, aspect, 0, 0, 2)
-    width, height = size  # 1140 is not a multiple of 16: like the official pipeline, it rounds down to 1136
+    width, height = size  # 4:3 is 1472x1140 in the release notes; the pipeline rounds 1140 down to 1136
+    latent, = NODES["MMDiTEmptyLatent"]().generate(QWEN, aspect, width, height, 2)
     assert latent["samples"].shape == (2, 16, height // 8, width // 8)
+
+
+def test_empty_latent_never_makes_a_size_it_does_not_show():
+    """A preset with other width/height values would show one size and make another: refused, saying how
+    to fix it. The node's defaults are the default preset's size."""
+    with pytest.raises(ValueError, match=r"16:9 makes 1664x928 .* width and height are 1328x1328"):
+        NODES["MMDiTEmptyLatent"]().generate(QWEN, "16:9", 1328, 1328, 1)
+    required = NODES["MMDiTEmptyLatent"].INPUT_TYPES()["required"]
+    default_size = family.ASPECT_PRESETS[required["aspect"][1]["default"]]
+    assert (required["width"][1]["default"], required["height"][1]["default"]) == default_size
+    # The web extension reads the preset table from the node definition.
+    assert required["aspect"][1]["mmdit_presets"][QWEN]["16:9"] == [1664, 928]
 
 
 def test_empty_latent_custom_sizes_round_down_to_16():
@@ -55,18 +67,32 @@ def test_empty_latent_custom_sizes_round_down_to_16():
         NODES["MMDiTEmptyLatent"]().generate(QWEN, "custom (width x height)", 8, 64, 1)
 
 
-def test_family_defaults_and_schedules(models):
-    assert resolve_settings(QWEN_IMAGE, 0, 0.0, 0.0) == (50, 4.0, None)
-    assert resolve_settings(QWEN_IMAGE, 8, 1.0, 3.1) == (8, 1.0, 3.1)
+def test_sampler_shows_the_values_it_uses():
+    """No 0-means-default widgets: the defaults are the official values, and there is no shift widget that
+    the official schedule would ignore (ComfyUI's schedulers take the MODEL's shift)."""
+    required = NODES["MMDiTSampler"].INPUT_TYPES()["required"]
+    assert required["steps"][1]["default"] == family.DEFAULT_STEPS == 50
+    assert required["cfg"][1]["default"] == family.DEFAULT_CFG == 4.0
+    assert required["steps"][1]["min"] >= 1 and required["cfg"][1]["min"] >= 1
+    assert required["scheduler"][1]["default"] == "official"
+    assert "shift" not in required
+
+
+def test_official_and_host_schedules(models, loaded):
     host = StandaloneHost(models_dir=models, device="cpu")
-    official = schedule(host, QWEN_IMAGE, "family default", 10, None, (1, 16, 128, 128), 1.0)
+    official = schedule(host, loaded["model"], QWEN_IMAGE, "official", 10, (1, 16, 128, 128), 1.0)
     assert len(official) == 11 and official[0] == 1 and official[-1] == 0
     assert abs(official[-2].item() - 0.02) < 1e-6  # the official terminal sigma
-    partial = schedule(host, QWEN_IMAGE, "family default", 10, None, (1, 16, 128, 128), 0.5)
+    partial = schedule(host, loaded["model"], QWEN_IMAGE, "official", 10, (1, 16, 128, 128), 0.5)
     assert len(partial) == 11 and 0 < partial[0] < 1  # the tail of a 20-step schedule
-    torch.testing.assert_close(partial, schedule(host, QWEN_IMAGE, "family default", 20, None, (1, 16, 128, 128), 1.0)[-11:])
+    torch.testing.assert_close(partial, schedule(host, loaded["model"], QWEN_IMAGE, "official", 20,
+                                                 (1, 16, 128, 128), 1.0)[-11:])
+    # Outside ComfyUI, 'simple' is the linear grid under the family's common shift (3.1 for Qwen-Image).
+    simple = schedule(host, loaded["model"], QWEN_IMAGE, "simple", 4, (1, 16, 128, 128), 1.0)
+    grid = torch.tensor([1.0, 0.75, 0.5, 0.25])
+    torch.testing.assert_close(simple[:-1], 3.1 * grid / (1 + 2.1 * grid))
     with pytest.raises(ValueError, match="needs ComfyUI"):
-        host.scheduler_sigmas("karras", 10, 3.1)
+        host.scheduler_sigmas(loaded["model"], "karras", 10)
 
 
 def test_conditioning_is_native(loaded):

@@ -32,9 +32,10 @@ def test_entry_point_exports_every_node_with_a_display_name():
         "import importlib.util; spec = importlib.util.spec_from_file_location('comfyui_mmdit', "
         f"{str(ROOT / '__init__.py')!r}, submodule_search_locations=[{str(ROOT)!r}]); "
         "m = importlib.util.module_from_spec(spec); sys.modules['comfyui_mmdit'] = m; spec.loader.exec_module(m); "
-        "print(sorted(m.NODE_CLASS_MAPPINGS)); print(sorted(m.NODE_DISPLAY_NAME_MAPPINGS))"
+        "print(sorted(m.NODE_CLASS_MAPPINGS)); print(sorted(m.NODE_DISPLAY_NAME_MAPPINGS)); print(m.WEB_DIRECTORY)"
     )
-    classes, display = out.strip().splitlines()
+    classes, display, web = out.strip().splitlines()
+    assert sorted(p.name for p in (ROOT / web).glob("*.js")) == ["mmdit.js"]  # ComfyUI serves this folder
     assert classes == display
     for name in ("MMDiTModelLoader", "MMDiTTextEncoderLoader", "MMDiTTextEncode", "MMDiTEmptyLatent", "MMDiTSampler",
                  "MMDiTVAELoader", "MMDiTVAEDecode", "MMDiTVAEEncode"):

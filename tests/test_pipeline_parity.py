@@ -81,14 +81,14 @@ def setup(tmp_path_factory):
     set_host(None)
 
 
-def run_nodes(width, height, batch, seed, steps, cfg, shift):
+def run_nodes(width, height, batch, seed, steps, cfg, scheduler):
     model, = NODES["MMDiTModelLoader"]().load("qwen_tiny.safetensors")
     encoder, = NODES["MMDiTTextEncoderLoader"]().load("qwen_tiny.safetensors", family.DISPLAY_NAME)
     positive, = NODES["MMDiTTextEncode"]().encode(encoder, PROMPT)
     negative, = NODES["MMDiTTextEncode"]().encode(encoder, NEGATIVE)
     latent, = NODES["MMDiTEmptyLatent"]().generate(family.DISPLAY_NAME, "custom (width x height)", width, height, batch)
     samples, = NODES["MMDiTSampler"]().sample(model, positive, negative, latent, seed, steps=steps, cfg=cfg,
-                                              sampler_name="euler", scheduler="family default", shift=shift)
+                                              sampler_name="euler", scheduler=scheduler)
     vae, = NODES["MMDiTVAELoader"]().load("qwen_tiny_vae.safetensors")
     images, = NODES["MMDiTVAEDecode"]().decode(samples, vae, tiling="off")
     return images  # [B, H, W, 3] in [0, 1]
@@ -96,7 +96,7 @@ def run_nodes(width, height, batch, seed, steps, cfg, shift):
 
 @pytest.mark.parametrize("width,height,batch,steps,cfg,shift", [
     (64, 64, 1, 4, 4.0, 0.0),    # the official schedule (dynamic shift, terminal 0.02) and true CFG 4
-    (96, 64, 2, 3, 2.5, 3.1),    # non-square, batch 2, constant shift 3.1 (the common ComfyUI setting)
+    (96, 64, 2, 3, 2.5, 3.1),    # non-square, batch 2, 'simple': constant shift 3.1 (the common ComfyUI setting)
     (48, 80, 1, 2, 1.0, 0.0),    # portrait, no CFG (single pass per step)
 ])
 @torch.no_grad()
@@ -109,7 +109,7 @@ def test_nodes_match_diffusers_pipeline(setup, width, height, batch, steps, cfg,
     expected = pipe(prompt=PROMPT, negative_prompt=NEGATIVE if cfg > 1 else None, true_cfg_scale=cfg,
                     width=width, height=height, num_inference_steps=steps, num_images_per_prompt=batch,
                     generator=torch.Generator().manual_seed(seed), output_type="np").images
-    got = run_nodes(width, height, batch, seed, steps, cfg, shift).numpy()
+    got = run_nodes(width, height, batch, seed, steps, cfg, "simple" if shift else "official").numpy()
     assert got.shape == expected.shape == (batch, height, width, 3)
     print(f"max abs image difference: {np.abs(got - expected).max():.2e}")
     assert np.abs(got - expected).max() < IMAGE_ATOL, np.abs(got - expected).max()

@@ -50,15 +50,16 @@ OFFICIAL_SCHEDULE = {
 # The constant shift ComfyUI workflows commonly use with Qwen-Image (ModelSamplingAuraFlow 3.1).
 COMMON_SHIFT = 3.1
 
-# Sizes the model was trained for (width, height), from the official release notes.
+# Sizes the model was trained for (width, height), from the official release notes, by aspect ratio. The
+# notes give 4:3 as 1472x1140; the pipeline rounds sides down to multiples of 16, so 1140 makes 1136.
 ASPECT_PRESETS = {
-    "1:1 (1328x1328)": (1328, 1328),
-    "16:9 (1664x928)": (1664, 928),
-    "9:16 (928x1664)": (928, 1664),
-    "4:3 (1472x1140)": (1472, 1140),
-    "3:4 (1140x1472)": (1140, 1472),
-    "3:2 (1584x1056)": (1584, 1056),
-    "2:3 (1056x1584)": (1056, 1584),
+    "1:1": (1328, 1328),
+    "16:9": (1664, 928),
+    "9:16": (928, 1664),
+    "4:3": (1472, 1136),
+    "3:4": (1136, 1472),
+    "3:2": (1584, 1056),
+    "2:3": (1056, 1584),
 }
 
 # Quantized files (the pack's converter): what stays precise. 1-D tensors (norms, biases) always do;

@@ -23,7 +23,6 @@ import comfy.model_base
 import comfy.model_management as mm
 import comfy.ops
 import comfy.model_patcher
-import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
@@ -293,16 +292,10 @@ class ComfyUIHost:
     def scheduler_names(self) -> list[str]:
         return list(comfy.samplers.KSampler.SCHEDULERS)
 
-    def scheduler_sigmas(self, scheduler: str, steps: int, shift: float) -> torch.Tensor:
-        """Sigmas from one of ComfyUI's schedulers over a flow model shifted by `shift` (the sigma grid
-        ModelSamplingAuraFlow(shift) gives; the timestep the network sees is the sigma itself)."""
-
-        class ShiftedFlow(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-            pass
-
-        sampling = ShiftedFlow()
-        sampling.set_parameters(shift=shift, multiplier=1.0)
-        return comfy.samplers.calculate_sigmas(sampling, scheduler, steps).cpu()
+    def scheduler_sigmas(self, model, scheduler: str, steps: int) -> torch.Tensor:
+        """Sigmas from one of ComfyUI's schedulers over the MODEL's own sampling, so a ModelSampling* node
+        before the sampler (ModelSamplingAuraFlow's shift, say) applies as it does to the core KSampler."""
+        return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
 
     def progress(self, total: int, label: str = ""):
         return comfy.utils.ProgressBar(total)

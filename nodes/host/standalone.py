@@ -163,10 +163,12 @@ class StandaloneHost:
     def scheduler_names(self) -> tuple[str, ...]:
         return SCHEDULERS
 
-    def scheduler_sigmas(self, scheduler: str, steps: int, shift: float) -> torch.Tensor:
+    def scheduler_sigmas(self, model, scheduler: str, steps: int) -> torch.Tensor:
+        """The linear grid under the family's common constant shift (ComfyUI's ModelSampling* nodes, which
+        change the shift inside ComfyUI, have no counterpart here)."""
         if scheduler != "simple":
-            raise ValueError(f"scheduler {scheduler!r} needs ComfyUI; outside ComfyUI use 'family default' or 'simple'")
-        return shifted_sigmas(steps, shift)
+            raise ValueError(f"scheduler {scheduler!r} needs ComfyUI; outside ComfyUI use 'official' or 'simple'")
+        return shifted_sigmas(steps, self.model_family(model).common_shift)
 
     def progress(self, total: int, label: str = ""):
         return StderrProgress(total, label)

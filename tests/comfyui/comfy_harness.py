@@ -203,6 +203,10 @@ class ComfyServer:
             body = response.read()
         return json.loads(body) if body.strip() else None
 
+    def get_text(self, path: str, timeout: float = 10.0) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return response.read().decode()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -119,3 +119,29 @@ def test_core_lora_loader_patches_our_network(comfy_inprocess, pack, graph):
     finally:
         patched.unpatch_model(torch.device("cpu"))
     torch.testing.assert_close(network.get_submodule(target).weight.detach().float(), weight)
+
+
+def test_comfyui_schedulers_use_the_models_shift(comfy_inprocess, pack, graph):
+    """ComfyUI's schedulers in MMDiTSampler sample over the MODEL's own sampling, so a ModelSampling* node
+    applies exactly as it does to the core KSampler."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
+
+    from comfyui_mmdit.model_defs.families import QWEN_IMAGE
+    from comfyui_mmdit.nodes.host import get_host
+    from comfyui_mmdit.nodes.sampler import schedule
+
+    host = get_host()
+    calculate_sigmas = comfy_inprocess.comfy.samplers.calculate_sigmas
+    shape = graph["latent"]["samples"].shape
+    default = schedule(host, graph["model"], QWEN_IMAGE, "simple", 4, shape, 1.0)
+    native = calculate_sigmas(graph["model"].get_model_object("model_sampling"), "simple", 4).cpu()
+    torch.testing.assert_close(default, native)  # ComfyUI's own Qwen-Image sampling, untouched
+    patched, = ModelSamplingAuraFlow().patch_aura(graph["model"], 6.0)
+    steeper = schedule(host, patched, QWEN_IMAGE, "simple", 4, shape, 1.0)
+    torch.testing.assert_close(steeper, calculate_sigmas(patched.get_model_object("model_sampling"), "simple", 4).cpu())
+    torch.testing.assert_close(steeper[1:-1], torch.tensor([0.75, 0.5, 0.25]) * 6 / (1 + 5 * torch.tensor([0.75, 0.5, 0.25])),
+                               atol=2e-3, rtol=0)  # ComfyUI's table lookup is within one of 1000 timesteps
+    assert (steeper[1:-1] > default[1:-1]).all()
+    # The official schedule does not depend on the MODEL's shift.
+    torch.testing.assert_close(schedule(host, patched, QWEN_IMAGE, "official", 4, shape, 1.0),
+                               schedule(host, graph["model"], QWEN_IMAGE, "official", 4, shape, 1.0))

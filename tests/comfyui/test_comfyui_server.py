@@ -21,8 +21,13 @@ def test_pack_loads_without_import_errors(comfy_server):
     # The loaders list what ComfyUI's folders hold, and the sampler offers ComfyUI's own lists.
     assert "qwen_image_bf16.safetensors" in info["MMDiTModelLoader"]["input"]["required"]["model_name"][0]
     schedulers = info["MMDiTSampler"]["input"]["required"]["scheduler"][0]
-    assert schedulers[0] == "family default" and "karras" in schedulers
+    assert schedulers[0] == "official" and "karras" in schedulers
     assert "dpmpp_2m" in info["MMDiTSampler"]["input"]["required"]["sampler_name"][0]
+    # The editor helper is served, and finds the preset sizes it fills in in the node definition.
+    script = comfy_server.get_text("/extensions/ComfyUI-MMDiT/mmdit.js")
+    assert "MMDiTEmptyLatent" in script and "mmdit_presets" in script
+    aspect_options = info["MMDiTEmptyLatent"]["input"]["required"]["aspect"][1]
+    assert aspect_options["mmdit_presets"]["Qwen-Image"]["16:9"] == [1664, 928]
 
 
 def test_core_only_workflow_runs(comfy_server):
