@@ -7,6 +7,10 @@ from typing import Callable
 
 import torch
 
+# What to change when the diffusion model's output overflows to NaN/Inf with finite weights.
+OVERFLOW_REMEDY = ("If it ran in float16, choose bf16 or fp32 as the model loader's weight_dtype; otherwise "
+                   "lower the CFG, or report the settings used.")
+
 
 @dataclass
 class SamplingRequest:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..loaders.finite import check_finite
 from ..loaders.text_encoder import LoadedTextEncoder, load_text_encoder
 from ..model_defs.families import FAMILIES
 from ..model_defs.text_encoders.qwen25vl import encode_prompts
@@ -85,6 +86,8 @@ class MMDiTTextEncode:
             embeds, mask = encode_prompts(loaded.model, loaded.tokenizer, [text], spec.prompt_template,
                                           max_tokens=spec.max_prompt_tokens, device=device,
                                           dtype=text_encoder.managed.dtype)
+        check_finite(embeds, loaded.model, loaded.path, "text encoder", f"({text_encoder.managed.dtype})",
+                     "If it ran in float16, run the text encoder in bf16 or fp32.")
         extras = {}
         if not bool(mask.all()):
             extras["attention_mask"] = mask.to(host.intermediate_device())

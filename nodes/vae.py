@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..loaders.finite import check_finite
 from ..loaders.vae import LoadedVAE, load_vae
 from .common import CATEGORY, files_or_placeholder, log
 from .host import get_host
 
 TILING = ["auto", "on", "off"]
+VAE_OVERFLOW_REMEDY = "If it ran in float16 (ComfyUI's --fp16-vae), run the VAE in bf16 or fp32."
 
 
 @dataclass
@@ -105,6 +107,8 @@ class MMDiTVAEDecode:
             return out
 
         images = _run(vae, latent, module.decode_memory(one, vae.managed.dtype), module.decode, tiled, tiling)
+        check_finite(images, module, vae.loaded.path, "VAE", f"while decoding ({vae.managed.dtype})",
+                     VAE_OVERFLOW_REMEDY)
         images = images.to(host.intermediate_device(), torch.float32)
         return (((images + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).contiguous(),)
 
@@ -134,6 +138,8 @@ class MMDiTVAEEncode:
 
         one = (1,) + tuple(images.shape[1:])
         latent = _run(vae, images, module.encode_memory(one, vae.managed.dtype), module.encode, tiled, tiling)
+        check_finite(latent, module, vae.loaded.path, "VAE", f"while encoding ({vae.managed.dtype})",
+                     VAE_OVERFLOW_REMEDY)
         return ({"samples": latent.to(host.intermediate_device(), torch.float32)},)
 
 

@@ -30,8 +30,9 @@ import comfy.supported_models
 import comfy.utils
 import folder_paths
 
+from ...loaders.finite import check_finite
 from ...model_defs.families import FAMILIES, FamilySpec
-from ..sampling_request import SamplingRequest
+from ..sampling_request import OVERFLOW_REMEDY, SamplingRequest
 
 log = logging.getLogger("ComfyUI-MMDiT")
 
@@ -45,20 +46,37 @@ WEIGHT_DTYPES = {
 MODEL_TYPES = {"FLUX": comfy.model_base.ModelType.FLUX, "FLOW": comfy.model_base.ModelType.FLOW}
 
 
+def _sampling_step(transformer_options: dict) -> str:
+    """"at step i of n (sigma s)" from what ComfyUI's samplers put in transformer_options."""
+    current, schedule = transformer_options.get("sigmas"), transformer_options.get("sample_sigmas")
+    if current is None:
+        return ""
+    sigma = float(current.reshape(-1)[0])
+    if schedule is None:
+        return f"at sigma {sigma:.4f}"
+    index = int((schedule.reshape(-1).float().cpu() - sigma).abs().argmin())
+    return f"at step {index + 1} of {schedule.numel() - 1} (sigma {sigma:.4f})"
+
+
 def _with_diffusion_model_wrappers(network_class: type) -> type:
     """The network class, with ComfyUI's DIFFUSION_MODEL wrappers honoured around forward (as native
-    models do), so extensions that wrap the diffusion model (caches, block swaps) see ours too."""
+    models do), so extensions that wrap the diffusion model (caches, block swaps) see ours too; and its
+    output checked for NaN/Inf, under the core KSampler as under ours (`source_path` names the file)."""
 
     class Wrapped(network_class):
+        source_path = "the diffusion model"
+
         def forward(self, *args, transformer_options=None, **kwargs):
             transformer_options = transformer_options or {}
             wrappers = comfy.patcher_extension.get_all_wrappers(
                 comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
             )
             call = super().forward
-            return comfy.patcher_extension.WrapperExecutor.new_class_executor(call, self, wrappers).execute(
+            out = comfy.patcher_extension.WrapperExecutor.new_class_executor(call, self, wrappers).execute(
                 *args, transformer_options=transformer_options, **kwargs
             )
+            where = f"{_sampling_step(transformer_options)} ({out.dtype})".strip()
+            return check_finite(out, self, self.source_path, "diffusion model", where, OVERFLOW_REMEDY)
 
     Wrapped.__name__ = Wrapped.__qualname__ = network_class.__name__
     return Wrapped
@@ -264,6 +282,7 @@ class ComfyUIHost:
         config.set_inference_dtype(unet_dtype, manual_cast)
 
         model = config.get_model({}, device=offload_device)
+        model.diffusion_model.source_path = model_file.path
         assign_state_dict(model.diffusion_model, model_file.state_dict, model_file.path,
                           model_file.description, dtype=None if keep_quantized else unet_dtype)
         if offload_device.type != "cpu":

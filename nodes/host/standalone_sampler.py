@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling_request import SamplingRequest, initial_noise
+from ...loaders.finite import check_finite
+from ..sampling_request import OVERFLOW_REMEDY, SamplingRequest, initial_noise
 
 
 def _text_inputs(conditioning, device, dtype):
@@ -40,12 +41,19 @@ def sample_euler(model, request: SamplingRequest, progress) -> torch.Tensor:
     use_cfg = request.cfg != 1.0
     negative = _text_inputs(request.negative, device, dtype) if use_cfg else None
 
-    for i in range(len(sigmas) - 1):
+    steps = len(sigmas) - 1
+
+    def predict(x, t, context, mask, where):
+        out = network(x.to(dtype), t, context, attention_mask=mask).float()
+        return check_finite(out, network, model.path, "diffusion model", where, OVERFLOW_REMEDY)
+
+    for i in range(steps):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
         t = torch.full((x.shape[0],), sigma, device=device, dtype=torch.float32)
-        velocity = network(x.to(dtype), t, positive[0], attention_mask=positive[1]).float()
+        where = f"at step {i + 1} of {steps} (sigma {sigma:.4f}, {dtype})"
+        velocity = predict(x, t, positive[0], positive[1], where)
         if use_cfg:
-            uncond = network(x.to(dtype), t, negative[0], attention_mask=negative[1]).float()
+            uncond = predict(x, t, negative[0], negative[1], where)
             if request.guidance is not None:
                 velocity = request.guidance(velocity, uncond, request.cfg)
             else:

@@ -145,3 +145,22 @@ def test_comfyui_schedulers_use_the_models_shift(comfy_inprocess, pack, graph):
     # The official schedule does not depend on the MODEL's shift.
     torch.testing.assert_close(schedule(host, patched, QWEN_IMAGE, "official", 4, shape, 1.0),
                                schedule(host, graph["model"], QWEN_IMAGE, "official", 4, shape, 1.0))
+
+
+def test_nan_weights_stop_the_core_ksampler_with_the_file_and_step(comfy_inprocess, pack, graph):
+    """The check sits in the network's forward, so ComfyUI's own KSampler stops too, naming the file, the
+    tensor and the step instead of returning a black image."""
+    from safetensors.torch import load_file, save_file
+
+    from comfyui_mmdit.loaders.errors import ModelFileError
+
+    nodes, models = pack
+    tensors = load_file(str(models / "diffusion_models" / "tiny.safetensors"))
+    tensors["transformer_blocks.0.img_mlp.net.2.weight"] = tensors["transformer_blocks.0.img_mlp.net.2.weight"].clone()
+    tensors["transformer_blocks.0.img_mlp.net.2.weight"][0, 0] = float("nan")
+    save_file(tensors, str(models / "diffusion_models" / "tiny_nan.safetensors"))
+    model, = nodes["MMDiTModelLoader"]().load("tiny_nan.safetensors")
+    with pytest.raises(ModelFileError, match=r"tiny_nan.safetensors: holds NaN or Inf values, so the diffusion model "
+                                             r"produced them at step 1 of 2 .*transformer_blocks.0.img_mlp.net.2.weight"):
+        comfy_inprocess.nodes.KSampler().sample(model, 1, 2, 2.5, "euler", "simple", graph["positive"],
+                                                graph["negative"], graph["latent"])
