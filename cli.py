@@ -88,14 +88,15 @@ def run(args) -> int:
     plan = plan_model_files(workflow, node_classes, models)
     # A workflow with broken nodes gets its problems reported, not a demo run.
     demo = bool(plan.missing) and (args.demo or not plan.present) and not structure_problems(workflow, node_classes)
+    demo_dir = Path(args.demo_dir).absolute()
     roots = [models]
     if demo:
-        roots.append(_write_stand_ins(workflow, node_classes, plan, Path(args.demo_dir)))
+        roots.append(_write_stand_ins(workflow, node_classes, plan, demo_dir))
     set_host(StandaloneHost(models_dir=roots, device=device))
     _check(workflow, node_classes, plan, demo, models, args.workflow)
 
     if demo:
-        _print_demo_banner(plan, models, Path(args.demo_dir))
+        _print_demo_banner(plan, models, demo_dir)
     elif args.demo:
         print("--demo: every model file the workflow names is present, so nothing is replaced")
     _show_pack_log()
@@ -111,7 +112,7 @@ def _check(workflow, node_classes, plan, demo: bool, models: Path, source: str) 
     missing = [] if demo else plan.missing
     problems = workflow_problems(workflow, node_classes, skip_own_checks={f.node_id for f in missing})
     problems += [f"{node_label(f.node_id, workflow[f.node_id])}: the model file "
-                 f"{(models / f.folder / f.name).absolute()} is missing" for f in missing]
+                 f"{models / f.folder / f.name} is missing" for f in missing]
     notes = [] if not missing else [
         "Put the missing model files in place (see README), or pass --demo to run tiny random-weight "
         "stand-ins for them (a pipeline check, not a picture)."]
@@ -132,9 +133,9 @@ def _models_folder(models: str) -> Path:
     path = Path(models)
     if not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "does not exist"
-        raise UsageError(f"--models: the models folder {path.resolve()} {what}. Pass ComfyUI's models folder "
+        raise UsageError(f"--models: the models folder {path.absolute()} {what}. Pass ComfyUI's models folder "
                          "(with diffusion_models/, text_encoders/, vae/); an empty folder runs the tiny demo models.")
-    return path
+    return path.absolute()  # messages then name files by full path
 
 
 def _write_stand_ins(workflow, node_classes, plan, demo_dir: Path) -> Path:
@@ -147,16 +148,16 @@ def _print_demo_banner(plan, models: Path, demo_dir: Path) -> None:
     print("=" * 78)
     if plan.present:
         print(f"DEMO MODE (--demo): {len(plan.missing)} of the workflow's {plan.needed} model files are missing "
-              f"from {models.resolve()}")
+              f"from {models}")
     else:
-        print(f"DEMO MODE: none of the workflow's model files were found in {models.resolve()}")
+        print(f"DEMO MODE: none of the workflow's model files were found in {models}")
     print("Tiny RANDOM-WEIGHT stand-ins with the real structure replace these files:")
     for f in plan.missing:
-        print(f"  {f.folder}/{f.name}  (stand-in: {(demo_dir / f.folder / f.name).resolve()})")
+        print(f"  {f.folder}/{f.name}  (stand-in: {demo_dir / f.folder / f.name})")
     if plan.present:
         print("These real files are used as found:")
         for f, path in plan.present:
-            print(f"  {f.folder}/{f.name}  ({path.resolve()})")
+            print(f"  {f.folder}/{f.name}  ({path})")
         print("Stand-ins are tiny networks: a stand-in text encoder does not fit a full-size real diffusion model "
               "(nor the reverse), and the sampler stops with an error saying so.")
     print("The image it writes is a PIPELINE CHECK, NOT A PICTURE (it will look like noise).")
