@@ -19,7 +19,8 @@ class ModelFileError(ValueError):
         self.found = found
         self.expected = expected
         self.hint = hint
-        parts = [f"{os.path.basename(self.path)}: {problem}" if self.path else problem]
+        # A full stop ends the problem, so "Found:" does not read as part of it.
+        parts = [f"{os.path.basename(self.path)}: {problem}." if self.path else f"{problem}."]
         if found:
             parts.append(f"Found: {found}.")
         if expected:

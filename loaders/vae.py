@@ -1,10 +1,11 @@
 """VAE files -> a ready VAE module, in whatever layout and prefix the file uses.
 
-`load_vae(path)` opens the file, finds the VAE in it (a standalone file, a diffusers `vae/` folder, or the
-`vae.` / `first_stage_model.` part of a full checkpoint), renames other layouts into the network's own
-names, reads the configuration from the tensor shapes, checks every name and shape against a build on
-the meta device and only then assigns the memory-mapped tensors. A wrong or damaged file raises a
-`ModelFileError` before any weight is allocated.
+`read_vae(path)` does everything that can fail on a bad file, without allocating a weight: it opens the
+file, finds the VAE in it (a standalone file, a diffusers `vae/` folder, or the `vae.` /
+`first_stage_model.` part of a full checkpoint), renames other layouts into the network's own names,
+reads the configuration from the tensor shapes and checks every name and shape against a build on the
+meta device. `build_vae` then assigns the memory-mapped tensors; `load_vae` does both. A wrong or damaged
+file raises a `ModelFileError` from `read_vae`, so a workflow check can refuse it before anything runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.vae import QwenImageVAE, vae_config_from_shapes as qwen_vae_config
-from .assign import assign_state_dict
+from .assign import assign_state_dict, check_shapes, module_shapes
 from .detection import VAE, Identity, find_component
 from .errors import ModelFileError, summarize_keys
 from .keymaps import qwen_image_vae
@@ -49,12 +50,23 @@ class LoadedVAE:
     description: str
 
 
-def load_vae(path, dtype: torch.dtype | None = None, device="cpu", operations=None) -> LoadedVAE:
-    """Load the VAE in `path` (a file, a diffusers `vae/` folder, or a diffusers model folder).
+@dataclass
+class VAEFile:
+    """A VAE file that passed every check: where its tensors are and what network they fit."""
 
-    dtype: weight dtype (None keeps the stored one; computation always runs in the input's dtype).
-    operations: the layer namespace (ComfyUI's ops inside ComfyUI; ours by default).
-    """
+    checkpoint: Checkpoint
+    identity: Identity
+    family: VAEFamily
+    file_names: dict[str, str]  # {key in the file: name in the network}
+    config: object
+
+    @property
+    def description(self) -> str:
+        return self.identity.description
+
+
+def read_vae(path) -> VAEFile:
+    """Open and check the VAE in `path` (a file, a diffusers `vae/` folder, or a diffusers model folder)."""
     checkpoint = open_checkpoint(_vae_location(Path(path)))
     identity = find_component(checkpoint, VAE, families=tuple(VAE_FAMILIES))
     family = VAE_FAMILIES[identity.family]
@@ -66,13 +78,29 @@ def load_vae(path, dtype: torch.dtype | None = None, device="cpu", operations=No
     except (KeyError, ValueError, IndexError) as e:
         raise ModelFileError(checkpoint.path, f"looks like a {identity.description} but its configuration "
                              f"cannot be read from its tensors", found=f"{type(e).__name__}: {e}") from None
+    expected = module_shapes(family.network_class(config, StandaloneOps, device="meta"))
+    check_shapes(checkpoint.path, identity.description, shapes, expected)
+    return VAEFile(checkpoint, identity, family, file_names, config)
 
-    module = family.network_class(config, operations or StandaloneOps, device="meta")
-    state_dict = {name: checkpoint.tensor(key) for key, name in file_names.items()}
+
+def build_vae(vae_file: VAEFile, dtype: torch.dtype | None = None, device="cpu", operations=None) -> LoadedVAE:
+    """The VAE module with the checked file's tensors assigned.
+
+    dtype: weight dtype (None keeps the stored one; computation always runs in the input's dtype).
+    operations: the layer namespace (ComfyUI's ops inside ComfyUI; ours by default).
+    """
+    checkpoint, identity = vae_file.checkpoint, vae_file.identity
+    module = vae_file.family.network_class(vae_file.config, operations or StandaloneOps, device="meta")
+    state_dict = {name: checkpoint.tensor(key) for key, name in vae_file.file_names.items()}
     assign_state_dict(module, state_dict, checkpoint.path, identity.description, dtype=dtype, device=device)
     module.eval().requires_grad_(False)
-    return LoadedVAE(module, identity.family, identity.layout, str(checkpoint.path), config,
-                     _stored_dtype(checkpoint, file_names), identity.description)
+    return LoadedVAE(module, identity.family, identity.layout, str(checkpoint.path), vae_file.config,
+                     _stored_dtype(checkpoint, vae_file.file_names), identity.description)
+
+
+def load_vae(path, dtype: torch.dtype | None = None, device="cpu", operations=None) -> LoadedVAE:
+    """read_vae + build_vae: the ready VAE in `path`."""
+    return build_vae(read_vae(path), dtype=dtype, device=device, operations=operations)
 
 
 def _vae_location(path: Path) -> Path:

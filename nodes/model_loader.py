@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..loaders.diffusion_model import read_diffusion_model
 from ..model_defs.attention import BACKENDS, available_backends
 from .common import CATEGORY, files_or_placeholder, log
+from .file_inputs import validate_model_file
 from .host import get_host
 
 WEIGHT_DTYPE_CHOICES = ["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp32"]
@@ -40,6 +41,10 @@ class MMDiTModelLoader:
                            "A choice not available on this machine falls back to auto.",
             }),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        return validate_model_file("diffusion_models", model_name, lambda path: read_diffusion_model(path).description)
 
     def load(self, model_name, weight_dtype="default", attention="auto"):
         host = get_host()

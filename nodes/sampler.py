@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..model_defs.families import FAMILIES
 from ..model_defs.sampling import partial_schedule
 from .common import CATEGORY, log
+from .conditioning import check_text_width
 from .host import get_host
 from .sampling_request import SamplingRequest
 
@@ -85,6 +86,7 @@ class MMDiTSampler:
                 f"{spec.latent_format.channels}-channel latents (use MMDiTEmptyLatent with family "
                 f"{spec.display_name}, or encode with its VAE)"
             )
+        check_text_width(host, model, spec, positive=positive, negative=negative)
         sigmas = schedule(host, model, spec, scheduler, steps, latent.shape, denoise)
         log.info("%s: %d steps, cfg %.2f, %s, %s, denoise %.2f", spec.display_name, steps, cfg, sampler_name,
                  scheduler, denoise)

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 import torch
 
 from ..loaders.finite import check_finite
-from ..loaders.text_encoder import LoadedTextEncoder, load_text_encoder
+from ..loaders.text_encoder import LoadedTextEncoder, build_text_encoder, read_text_encoder
 from ..model_defs.families import FAMILIES
 from ..model_defs.text_encoders.qwen25vl import encode_prompts
-from .common import CATEGORY, files_or_placeholder
+from .common import CATEGORY, files_or_placeholder, log
+from .file_inputs import validate_model_file
 from .host import get_host
+
+TOKENIZER = "qwen25"  # the tokenizer the hosts know by name (ComfyUI ships it as qwen25_tokenizer/)
 
 
 @dataclass
@@ -51,15 +54,24 @@ class MMDiTTextEncoderLoader:
                                   "tooltip": "The model family the prompts are for (template and layer)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, text_encoder_name):
+        return validate_model_file("text_encoders", text_encoder_name, lambda path: _read(path).description)
+
     def load(self, text_encoder_name, family):
         host = get_host()
         spec = _family_named(family)
-        path = host.full_path("text_encoders", text_encoder_name)
+        checked = _read(host.full_path("text_encoders", text_encoder_name))
+        place = checked.tokenizer_source
+        log.info("%s: tokenizer from %s (%s)", text_encoder_name, place.folder.absolute(), place.origin)
         dtype = host.module_dtype("text_encoder")
         # Weights stay as stored (no full-precision copy); layers cast to the compute dtype at use.
-        loaded = load_text_encoder(path, tokenizer_search=host.tokenizer_dirs("qwen25"),
-                                   operations=host.operations("text_encoder"))
+        loaded = build_text_encoder(checked, operations=host.operations("text_encoder"))
         return (TextEncoderHandle(loaded, spec, host.manage(loaded.model, "text_encoder", dtype)),)
+
+
+def _read(path):
+    return read_text_encoder(path, tokenizer_search=get_host().tokenizer_places(TOKENIZER))
 
 
 class MMDiTTextEncode:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from ..loaders.finite import check_finite
-from ..loaders.vae import LoadedVAE, load_vae
+from ..loaders.vae import LoadedVAE, load_vae, read_vae
 from .common import CATEGORY, files_or_placeholder, log
+from .file_inputs import validate_model_file
 from .host import get_host
 
 TILING = ["auto", "on", "off"]
@@ -70,6 +71,10 @@ class MMDiTVAELoader:
     def INPUT_TYPES(cls):
         names = files_or_placeholder(get_host().folder_files("vae"), "vae")
         return {"required": {"vae_name": (names, {"tooltip": "e.g. qwen_image_vae.safetensors"})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vae_name):
+        return validate_model_file("vae", vae_name, lambda path: read_vae(path).description)
 
     def load(self, vae_name):
         host = get_host()

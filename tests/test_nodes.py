@@ -171,6 +171,7 @@ def _small_workflow(tmp_path):
 
 
 def test_command_line_demo_mode(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()  # an existing folder without model files (a missing folder is an error)
     code = cli.main(["run", str(_small_workflow(tmp_path)), "--models", str(tmp_path / "empty"),
                      "--output", str(tmp_path / "out"), "--demo-dir", str(tmp_path / "demo"), "--device", "cpu"])
     assert code == 0

@@ -16,6 +16,7 @@ not the model's.
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,30 @@ def convert(source, target, qtype: str, progress=None) -> Path:
     else:
         _write_gguf(checkpoint, plans, target, qtype, identity.family, metadata, progress)
     return target
+
+
+def source_component(source) -> str:
+    """What a convertible source holds: DIFFUSION_MODEL or TEXT_ENCODER."""
+    return _source(source)[1].component
+
+
+def copy_tokenizer(source, target) -> Path | None:
+    """Copy the tokenizer beside a text-encoder source to `<target stem>_tokenizer/` beside the target, where
+    the loader looks first; returns the copy, or None when the source has none beside it."""
+    from ..loaders.text_encoder import holds_tokenizer, places_beside
+
+    found = next((p.folder for p in places_beside(Path(source)) if holds_tokenizer(p.folder)), None)
+    if found is None:
+        return None
+    copy = Path(target).parent / f"{Path(target).stem}_tokenizer"
+    copy.mkdir(parents=True, exist_ok=True)
+    for file in found.iterdir():
+        if file.is_file() and not file.name.lower().endswith(WEIGHT_SUFFIXES):  # a model folder holds weights too
+            shutil.copy2(file, copy / file.name)
+    return copy
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".gguf", ".bin", ".pt", ".pth", ".ckpt")
 
 
 # --- GGUF ------------------------------------------------------------------------------------------------

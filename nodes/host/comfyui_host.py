@@ -219,9 +219,11 @@ class ComfyUIHost:
             raise FileNotFoundError(f"{name} was not found in the {kind} folders")
         return Path(path)
 
-    def tokenizer_dirs(self, name: str) -> list[Path]:
+    def tokenizer_places(self, name: str) -> list:
+        from ...loaders.text_encoder import TokenizerPlace
+
         bundled = Path(comfy.utils.__file__).parent / "text_encoders" / f"{name}_tokenizer"
-        return [bundled] if bundled.is_dir() else []
+        return [TokenizerPlace(bundled, "the tokenizer ComfyUI ships")]
 
     # --- devices and dtypes --------------------------------------------------------------------------
     def intermediate_device(self) -> torch.device:
@@ -303,6 +305,10 @@ class ComfyUIHost:
             f"this MODEL ({type(base).__name__}) is not a family this pack samples "
             f"({', '.join(s.display_name for s in FAMILIES.values())})"
         )
+
+    def network_config(self, model):
+        """Our network's config; None for a network of ComfyUI's own loaders (no config recorded)."""
+        return getattr(getattr(getattr(model, "model", None), "diffusion_model", None), "config", None)
 
     # --- sampling ------------------------------------------------------------------------------------
     def sampler_names(self) -> list[str]:

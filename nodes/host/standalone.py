@@ -1,19 +1,22 @@
 """The standalone host: runs the pack's nodes without ComfyUI (tests, the command line).
 
-It keeps to what a host must do and no more: pick a device, find model files in a models folder, show
-progress on stderr, and sample with a flow-matching Euler loop. Everything a user would tune lives in
-ComfyUI; here the choices are fixed and stated.
+It keeps to what a host must do and no more: pick a device, find model files in one or more models
+folders (searched in order: the command line's demo mode puts a folder of tiny stand-ins after the real
+one), show progress on stderr, and sample with a flow-matching Euler loop. Everything a user would tune
+lives in ComfyUI; here the choices are fixed and stated.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ...loaders.readers import TORCH_PICKLE_SUFFIXES
+from ...loaders.text_encoder import TokenizerPlace
 from ...model_defs.families import FamilySpec
 from ...model_defs.sampling import shifted_sigmas
 from .progress import StderrProgress
@@ -55,19 +58,47 @@ class Managed:
         return self.load_device
 
 
-def _default_device() -> torch.device:
-    requested = os.environ.get("MMDIT_DEVICE")
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+DEVICE_FORMS = "cpu, cuda, cuda:N (N = 0, 1, ...), mps"
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    """The device named by `requested` (else MMDIT_DEVICE, else cuda when available, else cpu), checked to
+    exist here; ValueError says why not."""
+    requested = requested or os.environ.get("MMDIT_DEVICE")
+    if not requested:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", requested.strip().lower())
+    if match is None:
+        raise ValueError(f"{requested!r} is not a device; valid forms: {DEVICE_FORMS}")
+    kind, index = match.group(1), None if match.group(2) is None else int(match.group(2))
+    if kind == "cuda":
+        _check_cuda(requested, index)
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{requested!r}: Apple's MPS is not available on this machine; use cpu")
+    return torch.device(kind, index) if index is not None else torch.device(kind)
+
+
+def _check_cuda(requested: str, index: int | None) -> None:
+    if not torch.cuda.is_available():
+        why = ("this torch was built without CUDA" if torch.version.cuda is None
+               else "torch finds no usable NVIDIA GPU or driver")
+        raise ValueError(f"{requested!r}: CUDA is not available on this machine ({why}); use cpu")
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        present = ", ".join(f"cuda:{i}" for i in range(count))
+        raise ValueError(f"{requested!r}: there is no such GPU; this machine has {count}: {present}")
 
 
 class StandaloneHost:
     name = "standalone"
 
     def __init__(self, models_dir=None, device=None):
-        self.models_dir = Path(models_dir or os.environ.get("MMDIT_MODELS_DIR", "models"))
-        self.device = torch.device(device) if device is not None else _default_device()
+        """models_dir: a models folder, or a list of them searched in order (default: MMDIT_MODELS_DIR or
+        ./models); device: as resolve_device takes it."""
+        roots = models_dir if isinstance(models_dir, (list, tuple)) else [models_dir]
+        self.models_dirs = [Path(root or os.environ.get("MMDIT_MODELS_DIR", "models")) for root in roots]
+        self.models_dir = self.models_dirs[0]
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
 
     # --- files -------------------------------------------------------------------------------------
     def folder_files(self, kind: str) -> list[str]:
@@ -89,16 +120,19 @@ class StandaloneHost:
         raise FileNotFoundError(f"{name} was not found in {searched}")
 
     def _folders(self, kind: str, existing: bool = True) -> list[Path]:
-        folders = [self.models_dir / sub for sub in FOLDERS[kind]]
+        folders = [root / sub for root in self.models_dirs for sub in FOLDERS[kind]]
         return [f for f in folders if f.is_dir()] if existing else folders
 
-    def tokenizer_dirs(self, name: str) -> list[Path]:
-        """Folders that may hold a bundled tokenizer (a ComfyUI checkout ships the Qwen2.5 one)."""
-        dirs = [self.models_dir / "text_encoders" / f"{name}_tokenizer"]
+    def tokenizer_places(self, name: str) -> list[TokenizerPlace]:
+        """Where else than beside the weights a tokenizer may be: each models folder's text_encoders/, and the
+        one a ComfyUI checkout ships (found through COMFYUI_PATH)."""
+        places = [TokenizerPlace(root / "text_encoders" / f"{name}_tokenizer", "the models folder")
+                  for root in self.models_dirs]
         comfyui = os.environ.get("COMFYUI_PATH")
         if comfyui:
-            dirs.append(Path(comfyui) / "comfy" / "text_encoders" / f"{name}_tokenizer")
-        return [d for d in dirs if d.is_dir()]
+            places.append(TokenizerPlace(Path(comfyui) / "comfy" / "text_encoders" / f"{name}_tokenizer",
+                                         "the tokenizer ComfyUI ships, found through COMFYUI_PATH"))
+        return places
 
     # --- devices and dtypes --------------------------------------------------------------------------
     def compute_dtype(self, supported=(torch.bfloat16, torch.float32)) -> torch.dtype:
@@ -155,6 +189,10 @@ class StandaloneHost:
         if isinstance(model, StandaloneModel):
             return model.family
         raise TypeError(f"expected a model from MMDiTModelLoader, got {type(model).__name__}")
+
+    def network_config(self, model):
+        """The diffusion network's config (widths the inputs must match)."""
+        return model.network.config
 
     # --- sampling ------------------------------------------------------------------------------------
     def sampler_names(self) -> tuple[str, ...]:

@@ -1,17 +1,20 @@
 """Run an API-format ComfyUI workflow with the pack's nodes, without ComfyUI.
 
-API format: {node_id: {"class_type": ..., "inputs": {name: value | [source_id, output_index]}}}. Nodes run
-once each, in dependency order. Besides the pack's nodes, the two core output nodes the shipped workflows
-end in (SaveImage, PreviewImage) are provided here: they write PNG files.
+API format: {node_id: {"class_type": ..., "inputs": {name: value | [source_id, output_index]}}}. The whole
+workflow is checked first (workflow_check: types, links, values, and every loader's model file), so a bad
+input is reported before anything runs. Nodes then run once each, in dependency order. Besides the
+pack's nodes, the two core output nodes the shipped workflows end in (SaveImage, PreviewImage) are
+provided here: they write PNG files.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .workflow_check import check_workflow, is_link, node_label
 
 
 class SaveImage:
@@ -38,55 +41,80 @@ class SaveImage:
         return paths
 
 
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+class CoreSaveImage:
+    """ComfyUI's SaveImage as the workflow check sees it (the runner writes the files itself)."""
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
+
+
+class CorePreviewImage(CoreSaveImage):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+
+CORE_NODES = {"SaveImage": CoreSaveImage, "PreviewImage": CorePreviewImage}
+
+
+class NodeError(ValueError):
+    """A node refused its inputs while running (a ValueError it raised, e.g. a model file it could not use)."""
+
+    def __init__(self, node_id: str, node: dict, error: Exception):
+        self.node_id = node_id
+        self.error = error
+        super().__init__(f"{node_label(node_id, node)}: {error}")
+
+
+def runnable_nodes(node_classes: dict) -> dict:
+    """The node types the runner can execute: the pack's and the core output nodes."""
+    return {**node_classes, **CORE_NODES}
 
 
 def execution_order(workflow: dict) -> list[str]:
-    order, state = [], {}
+    """Node ids with every node after the nodes it takes inputs from (the workflow is checked: no cycles)."""
+    order, done = [], set()
 
-    def visit(node_id: str, chain: tuple):
-        if state.get(node_id) == "done":
+    def visit(node_id: str):
+        if node_id in done:
             return
-        if node_id in chain:
-            raise ValueError(f"the workflow has a cycle through node {node_id}")
-        if node_id not in workflow:
-            raise ValueError(f"a link points at node {node_id}, which is not in the workflow")
+        done.add(node_id)
         for value in workflow[node_id]["inputs"].values():
-            if _is_link(value):
-                visit(value[0], chain + (node_id,))
-        state[node_id] = "done"
+            if is_link(value):
+                visit(value[0])
         order.append(node_id)
 
     for node_id in workflow:
-        visit(node_id, ())
+        visit(node_id)
     return order
 
 
-def run_workflow(workflow: dict, node_classes: dict, output_dir) -> list[Path]:
-    """Execute every node; returns the image files written by output nodes."""
+def run_workflow(workflow: dict, node_classes: dict, output_dir, source: str = "the workflow",
+                 checked: bool = False) -> list[Path]:
+    """Check the whole workflow (unless the caller just did), then execute every node; returns the image
+    files output nodes wrote."""
+    if not checked:
+        check_workflow(workflow, runnable_nodes(node_classes), source)
     saver = SaveImage(output_dir)
     results: dict[str, tuple] = {}
     for node_id in execution_order(workflow):
         node = workflow[node_id]
-        class_type = node["class_type"]
-        inputs = {name: (results[value[0]][value[1]] if _is_link(value) else value)
+        inputs = {name: (results[value[0]][value[1]] if is_link(value) else value)
                   for name, value in node["inputs"].items()}
-        if class_type in ("SaveImage", "PreviewImage"):
-            saver.save(inputs["images"], inputs.get("filename_prefix", class_type))
-            results[node_id] = ()
-            continue
-        if class_type not in node_classes:
-            raise ValueError(f"node {node_id} is a {class_type}, which only ComfyUI can run "
-                             f"(the command line runs: {', '.join(sorted(node_classes))}, SaveImage, PreviewImage)")
-        cls = node_classes[class_type]
-        results[node_id] = getattr(cls(), cls.FUNCTION)(**inputs)
+        try:
+            results[node_id] = _run_node(node["class_type"], inputs, node_classes, saver)
+        except (ValueError, FileNotFoundError) as error:
+            raise NodeError(node_id, node, error) from error
     return saver.saved
 
 
-def load_workflow(path) -> dict:
-    data = json.loads(Path(path).read_text())
-    if "nodes" in data and "links" in data:
-        raise ValueError(f"{path} is a UI-format workflow; the command line runs the API format "
-                         "(the *.api.json twin of each shipped workflow)")
-    return data
+def _run_node(class_type: str, inputs: dict, node_classes: dict, saver: SaveImage) -> tuple:
+    if class_type in CORE_NODES:
+        saver.save(inputs["images"], inputs.get("filename_prefix", class_type))
+        return ()
+    cls = node_classes[class_type]
+    return getattr(cls(), cls.FUNCTION)(**inputs)

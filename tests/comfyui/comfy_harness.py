@@ -222,6 +222,16 @@ class ComfyServer:
         except urllib.error.HTTPError as e:  # validation errors come back as 400 with details
             raise RuntimeError(f"ComfyUI refused the workflow: {e.read().decode(errors='replace')}") from None
 
+    def submit(self, workflow: dict) -> tuple[int, dict]:
+        """POST /prompt and return (HTTP status, answer) whether ComfyUI accepts the workflow or not."""
+        try:
+            return 200, self._request("/prompt", {"prompt": workflow, "client_id": "comfyui-mmdit-tests"})
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def history(self) -> dict:
+        return self._request("/history")
+
     def interrupt(self) -> None:
         self._request("/interrupt", {})
 

@@ -164,3 +164,19 @@ def test_nan_weights_stop_the_core_ksampler_with_the_file_and_step(comfy_inproce
                                              r"produced them at step 1 of 2 .*transformer_blocks.0.img_mlp.net.2.weight"):
         comfy_inprocess.nodes.KSampler().sample(model, 1, 2, 2.5, "euler", "simple", graph["positive"],
                                                 graph["negative"], graph["latent"])
+
+
+def test_text_features_of_another_width_are_a_clear_error(pack, graph):
+    nodes, _ = pack
+    narrow = [[torch.zeros(1, 5, 64), {}]]  # what a text encoder of another family or size gives
+    with pytest.raises(ValueError, match="the negative conditioning is 64 wide, but this Qwen-Image diffusion "
+                                         "model takes 128-wide text features"):
+        nodes["MMDiTSampler"]().sample(graph["model"], graph["positive"], narrow, graph["latent"], 5, steps=1)
+
+
+def test_loaders_validate_their_files_on_the_comfyui_host(pack):
+    nodes, _ = pack
+    assert nodes["MMDiTModelLoader"].VALIDATE_INPUTS("tiny.safetensors") is True
+    assert nodes["MMDiTTextEncoderLoader"].VALIDATE_INPUTS("tiny.safetensors") is True
+    assert nodes["MMDiTVAELoader"].VALIDATE_INPUTS("tiny_vae.safetensors") is True
+    assert "is not in the vae models folder" in nodes["MMDiTVAELoader"].VALIDATE_INPUTS("missing.safetensors")

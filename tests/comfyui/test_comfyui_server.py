@@ -68,14 +68,32 @@ def test_bad_file_is_a_clear_error_and_comfyui_keeps_running(comfy_server):
     workflow["1"]["inputs"]["model_name"] = "qwen_image_vae.safetensors"  # a VAE given to the model loader
     (comfy_server.base_dir / "models" / "diffusion_models" / "qwen_image_vae.safetensors").symlink_to(
         comfy_server.base_dir / "models" / "vae" / "qwen_image_vae.safetensors")
-    prompt_id = comfy_server.queue_prompt(workflow)
-    try:
-        comfy_server.wait_for(prompt_id, timeout=120)
+    try:  # refused when queued now (the loader's VALIDATE_INPUTS opens the file), before it runs
+        comfy_server.wait_for(comfy_server.queue_prompt(workflow), timeout=120)
         raise AssertionError("the workflow should have failed")
     except RuntimeError as error:
         message = str(error)
     assert "is not a diffusion model" in message and "Qwen-Image VAE" in message
     assert comfy_server.object_info()  # still serving
+
+
+def test_corrupt_vae_is_refused_when_queued_before_anything_runs(comfy_server):
+    vae_folder = comfy_server.base_dir / "models" / "vae"
+    data = (vae_folder / "qwen_image_vae.safetensors").read_bytes()
+    (vae_folder / "damaged_vae.safetensors").write_bytes(data[: len(data) // 2])  # a download cut short
+    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow["7"]["inputs"]["vae_name"] = "damaged_vae.safetensors"
+    workflow["6"]["inputs"]["seed"] = 4242  # a prompt ComfyUI has not run (and cached) before
+    history_before = comfy_server.history()
+
+    status, answer = comfy_server.submit(workflow)
+    assert status == 400, answer
+    (error,) = answer["node_errors"]["7"]["errors"]
+    assert error["type"] == "custom_validation_failed"
+    assert "damaged_vae.safetensors: is truncated" in error["details"]
+    assert str(vae_folder / "damaged_vae.safetensors") in error["details"]
+    assert list(answer["node_errors"]) == ["7"]  # the sound nodes pass
+    assert comfy_server.history() == history_before  # nothing was queued, so nothing ran
 
 
 def test_interrupt_stops_sampling(comfy_server):

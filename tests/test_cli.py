@@ -1,0 +1,420 @@
+"""The command line fails early and clearly: every bad input is one message and a non-zero exit, found
+before anything runs where it can be; demo mode uses the real files that are present; the loaders'
+VALIDATE_INPUTS open and check model files (and remember a pass per file version)."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from comfyui_mmdit import cli
+from comfyui_mmdit.loaders import check_cache
+from comfyui_mmdit.loaders.errors import ModelFileError
+from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
+from comfyui_mmdit.model_defs.qwen_image.transformer import QwenImageConfig
+from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
+from comfyui_mmdit.nodes.host import set_host
+from comfyui_mmdit.nodes.host.standalone import StandaloneHost
+from comfyui_mmdit.tools.tiny_models import (TINY_QWEN_DIT, tiny_qwen_dit_state_dict, tiny_qwen_text_state_dict,
+                                             write_safetensors, write_tiny_component)
+from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
+
+from helpers import ROOT
+
+SHIPPED = ROOT / "workflows" / "qwen_image_t2i.api.json"
+DIT = ("diffusion_models", "qwen_image_bf16.safetensors")
+TEXT_ENCODER = ("text_encoders", "qwen_2.5_vl_7b.safetensors")
+VAE = ("vae", "qwen_image_vae.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model_set(tmp_path_factory):
+    """Tiny files under the shipped workflow's names: the 'real' files of these tests."""
+    root = tmp_path_factory.mktemp("model_set")
+    for folder, name in (DIT, TEXT_ENCODER, VAE):
+        write_tiny_component(folder, root / folder / name)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def fresh_host():
+    yield
+    set_host(None)  # the command line installs its own host; leave none behind
+
+
+def models_with(tmp_path, model_set, *parts):
+    """A models folder holding copies of `parts` of the tiny set (the text encoder with its tokenizer)."""
+    models = tmp_path / "models"
+    for sub in ("diffusion_models", "text_encoders", "vae"):
+        (models / sub).mkdir(parents=True, exist_ok=True)
+    for folder, name in parts:
+        shutil.copy(model_set / folder / name, models / folder / name)
+        tokenizer = model_set / folder / f"{name.rsplit('.', 1)[0]}_tokenizer"
+        if tokenizer.is_dir():
+            shutil.copytree(tokenizer, models / folder / tokenizer.name)
+    return models
+
+
+def workflow_file(tmp_path, change=None, name="small.api.json"):
+    """The shipped workflow at 64x48 and 2 steps, with `change(workflow)` applied."""
+    workflow = json.loads(SHIPPED.read_text())
+    workflow["5"]["inputs"].update(aspect="custom (width x height)", width=64, height=48)
+    workflow["6"]["inputs"].update(steps=2)
+    if change:
+        change(workflow)
+    path = tmp_path / name
+    path.write_text(json.dumps(workflow))
+    return path
+
+
+def run(capsys, tmp_path, workflow, models, *extra):
+    code = cli.main(["run", str(workflow), "--models", str(models), "--output", str(tmp_path / "out"),
+                     "--demo-dir", str(tmp_path / "demo"), "--device", "cpu", *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(code, err, *messages):
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    for message in messages:
+        assert message in err, err
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Which of the model loader, the sampler node and the sampling loop ran."""
+    ran = []
+
+    def recording(original, label):
+        def wrapper(self, *args, **kwargs):
+            ran.append(label)
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(NODES["MMDiTModelLoader"], "load", recording(NODES["MMDiTModelLoader"].load, "load model"))
+    monkeypatch.setattr(NODES["MMDiTSampler"], "sample", recording(NODES["MMDiTSampler"].sample, "sampler"))
+    monkeypatch.setattr(StandaloneHost, "sample", recording(StandaloneHost.sample, "sampling"))
+    return ran
+
+
+# --- the workflow file ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file"),
+    ('{\n  "1": {"class_type": "MMDiTSampler",,}\n}', "is not valid JSON: Expecting property name enclosed in double "
+                                                      "quotes at line 2, column 38"),
+    ("[1, 2]", "holds a JSON list; an API-format workflow is a JSON object"),
+    ('{"1": "MMDiTSampler"}', "node 1: is a JSON string, not a node object with class_type and inputs"),
+    ('{"1": {"inputs": {}}}', "node 1: has no class_type"),
+    ('{"1": {"class_type": "MMDiTEmptyLatent"}}', "node 1 (MMDiTEmptyLatent): has no inputs object"),
+    ("{}", "holds no nodes"),
+])
+def test_workflow_file_problems(tmp_path, capsys, content, message):
+    path = tmp_path / "flow.api.json"
+    if content is not None:
+        path.write_text(content)
+    (tmp_path / "models").mkdir()
+    code, _, err = run(capsys, tmp_path, path, tmp_path / "models")
+    refused(code, err, f"{path}: {message}" if content is None else message)
+
+
+def test_ui_format_workflow_points_at_its_api_twin(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    code, _, err = run(capsys, tmp_path, ROOT / "workflows" / "qwen_image_t2i.json", tmp_path / "models")
+    refused(code, err, "is a UI-format workflow", "qwen_image_t2i.api.json")
+
+
+def test_unknown_node_type_is_named_with_its_closest_match(tmp_path, capsys, model_set):
+    def misspell(workflow):
+        workflow["9"]["class_type"] = "SaveImag"
+        workflow["10"] = {"class_type": "KSamplerAdvanced", "inputs": {}}
+
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path, misspell), models)
+    refused(code, err, "node 9: unknown node type 'SaveImag' (did you mean 'SaveImage'?)",
+            "node 10: unknown node type 'KSamplerAdvanced'",
+            "The command line runs these node types: MMDiTEmptyLatent, MMDiTModelLoader, MMDiTSampler")
+    assert "only ComfyUI can run" not in err
+
+
+def test_links_types_and_values_are_all_reported_before_anything_runs(tmp_path, capsys, model_set, calls):
+    def break_it(workflow):
+        sampler = workflow["6"]["inputs"]
+        sampler.update(model=["7", 0], positive=["3", 1], negative=["42", 0], steps=5000, cfg="high",
+                       sampler_name="eulr", sede=3)
+        del sampler["seed"]
+        workflow["5"]["inputs"].update(batch_size=2.5, family="Qwen-Imag")
+        workflow["8"]["inputs"].update(tile_size=64, vae="not a link")
+        workflow["9"]["inputs"]["filename_prefix"] = 7
+
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path, break_it), models)
+    refused(code, err, "13 problems, nothing was run",
+            "node 5 (MMDiTEmptyLatent): input 'family': \"Qwen-Imag\" is not one of the choices (did you mean "
+            "'Qwen-Image'?)",
+            "node 5 (MMDiTEmptyLatent): input 'batch_size': must be a whole number, got 2.5",
+            "node 6 (MMDiTSampler): required input 'seed' is missing",
+            "node 6 (MMDiTSampler): input 'model': takes MODEL, but output 0 of node 7 (MMDiTVAELoader) is MMDIT_VAE",
+            "node 6 (MMDiTSampler): input 'positive': takes output 1 of node 3 (MMDiTTextEncode), which has 1 "
+            "output (0: CONDITIONING)",
+            "node 6 (MMDiTSampler): input 'negative': links to node 42, which is not in the workflow",
+            "node 6 (MMDiTSampler): input 'steps': 5000 is above the maximum 1000",
+            "node 6 (MMDiTSampler): input 'cfg': must be a number, got \"high\"",
+            "node 6 (MMDiTSampler): input 'sampler_name': \"eulr\" is not one of the choices (did you mean 'euler'?)",
+            "node 6 (MMDiTSampler): unknown input 'sede' (did you mean 'seed'?); MMDiTSampler takes model, ",
+            "node 8 (MMDiTVAEDecode): input 'tile_size': 64 is below the minimum 128",
+            "node 8 (MMDiTVAEDecode): input 'vae': takes a MMDIT_VAE from another node's output",
+            "node 9 (SaveImage): input 'filename_prefix': must be a string, got 7")
+    assert calls == []
+
+
+def test_cycles_are_refused(tmp_path, capsys, model_set):
+    def loop(workflow):
+        workflow["10"] = {"class_type": "MMDiTVAEEncode", "inputs": {"pixels": ["11", 0], "vae": ["7", 0]}}
+        workflow["11"] = {"class_type": "MMDiTVAEDecode", "inputs": {"samples": ["10", 0], "vae": ["7", 0]}}
+
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path, loop), models)
+    refused(code, err, "the links form a cycle: node 10 -> node 11 -> node 10")
+
+
+# --- model files ------------------------------------------------------------------------------------------
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_corrupt_vae_is_found_before_any_sampling_step(tmp_path, capsys, model_set, calls):
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    truncate(models / "vae" / "qwen_image_vae.safetensors")
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path), models)
+    refused(code, err, "node 7 (MMDiTVAELoader): qwen_image_vae.safetensors: is truncated",
+            str(models / "vae" / "qwen_image_vae.safetensors"))
+    assert calls == []  # not even the diffusion model was loaded
+
+
+def test_model_file_error_at_run_time_names_the_node(tmp_path, capsys, model_set, monkeypatch, calls):
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    truncate(models / "vae" / "qwen_image_vae.safetensors")
+    # The file breaks after the check (it is replaced while the workflow runs, say).
+    monkeypatch.setattr(NODES["MMDiTVAELoader"], "VALIDATE_INPUTS", classmethod(lambda cls, vae_name: True))
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path), models)
+    refused(code, err, "error: node 7 (MMDiTVAELoader): qwen_image_vae.safetensors: is truncated")
+
+
+def test_value_error_of_a_node_names_the_node(tmp_path, capsys, model_set):
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    too_long = workflow_file(tmp_path, lambda w: w["3"]["inputs"].update(text="word " * 1100))
+    code, _, err = run(capsys, tmp_path, too_long, models)
+    refused(code, err, "error: node 3 (MMDiTTextEncode): the prompt is", "the limit is 1024")
+
+
+def test_a_run_prints_absolute_output_paths_and_the_tokenizer_it_used(tmp_path, capsys, model_set, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    code = cli.main(["run", str(workflow_file(tmp_path)), "--models", "models", "--output", "out", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (png,) = (tmp_path / "out" / "MMDiT").glob("qwen_image_*.png")
+    assert f"saved: {png}" in out and png.is_absolute()
+    tokenizer = models / "text_encoders" / "qwen_2.5_vl_7b_tokenizer"
+    assert f"qwen_2.5_vl_7b.safetensors: tokenizer from {tokenizer} (beside the weights)" in err
+    assert "DEMO" not in out
+
+
+# --- arguments --------------------------------------------------------------------------------------------
+def test_device_that_is_not_a_device(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    code = cli.main(["run", str(SHIPPED), "--models", str(tmp_path / "models"), "--device", "gpu0"])
+    refused(code, capsys.readouterr().err,
+            "--device 'gpu0' is not a device; valid forms: cpu, cuda, cuda:N (N = 0, 1, ...), mps")
+
+
+def test_cuda_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "models").mkdir()
+    code = cli.main(["run", str(SHIPPED), "--models", str(tmp_path / "models"), "--device", "cuda"])
+    refused(code, capsys.readouterr().err, "--device 'cuda': CUDA is not available on this machine", "use cpu")
+
+
+def test_gpu_that_does_not_exist(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    (tmp_path / "models").mkdir()
+    code = cli.main(["run", str(SHIPPED), "--models", str(tmp_path / "models"), "--device", "cuda:5"])
+    refused(code, capsys.readouterr().err,
+            "--device 'cuda:5': there is no such GPU; this machine has 2: cuda:0, cuda:1")
+
+
+def test_models_folder_that_does_not_exist(tmp_path, capsys):
+    code = cli.main(["run", str(SHIPPED), "--models", str(tmp_path / "modles"), "--device", "cpu"])
+    refused(code, capsys.readouterr().err, f"the models folder {tmp_path / 'modles'} does not exist")
+
+
+def test_internal_errors_show_a_traceback_and_say_so(tmp_path, capsys, model_set, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(NODES["MMDiTVAEDecode"], "decode", broken)
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path), models)
+    assert code == 1
+    assert "Traceback" in err and "KeyError: 'a bug'" in err and "internal error" in err
+
+
+def test_traceback_option_shows_it_for_clear_errors_too(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    code = cli.main(["run", str(SHIPPED), "--models", str(tmp_path / "models"), "--device", "gpu0", "--traceback"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and "'gpu0' is not a device" in err
+
+
+# --- demo mode --------------------------------------------------------------------------------------------
+def test_demo_uses_the_real_files_that_are_present(tmp_path, capsys, model_set):
+    models = models_with(tmp_path, model_set, VAE)
+    code, out, err = run(capsys, tmp_path, workflow_file(tmp_path), models, "--demo")
+    assert code == 0, err
+    assert "2 of the workflow's 3 model files are missing" in out
+    stand_ins = out.split("stand-ins with the real structure replace these files:")[1].split("These real files")[0]
+    assert "diffusion_models/qwen_image_bf16.safetensors" in stand_ins
+    assert "text_encoders/qwen_2.5_vl_7b.safetensors" in stand_ins and "vae/" not in stand_ins
+    assert f"vae/qwen_image_vae.safetensors  ({models / 'vae' / 'qwen_image_vae.safetensors'})" in out
+    assert "PIPELINE CHECK, NOT A PICTURE" in out
+    assert not (tmp_path / "demo" / "vae").exists()  # no stand-in for a file that is present
+    assert len(list((tmp_path / "out" / "MMDiT").glob("*.png"))) == 1
+
+
+def test_demo_never_replaces_a_damaged_file(tmp_path, capsys, model_set, calls):
+    models = models_with(tmp_path, model_set, VAE)
+    truncate(models / "vae" / "qwen_image_vae.safetensors")
+    code, out, err = run(capsys, tmp_path, workflow_file(tmp_path), models, "--demo")
+    refused(code, err, "node 7 (MMDiTVAELoader): qwen_image_vae.safetensors: is truncated",
+            str(models / "vae" / "qwen_image_vae.safetensors"))
+    assert not (tmp_path / "demo" / "vae").exists() and calls == []
+
+
+def test_demo_without_any_file_says_so(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    code, out, err = run(capsys, tmp_path, workflow_file(tmp_path), tmp_path / "models")
+    assert code == 0, err
+    assert f"none of the workflow's model files were found in {tmp_path / 'models'}" in out
+    assert out.count("(stand-in: ") == 3 and "real files are used" not in out
+    assert "pipeline check (demo weights): " + str(tmp_path / "out" / "MMDiT") in out
+
+
+def test_stand_in_beside_a_real_model_of_another_width_is_a_clear_error(tmp_path, capsys, calls):
+    models = tmp_path / "models"
+    wide = QwenImageConfig(**{**TINY_QWEN_DIT.__dict__, "joint_attention_dim": 64})
+    write_safetensors(tiny_qwen_dit_state_dict(wide), models / "diffusion_models" / "qwen_image_bf16.safetensors")
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path), models, "--demo")
+    refused(code, err, "node 6 (MMDiTSampler): the positive conditioning is 128 wide, but this Qwen-Image diffusion "
+                       "model takes 64-wide text features",
+            "the text encoder and the diffusion model are from different model families or sizes")
+    assert "sampling" not in calls
+
+
+def test_some_files_missing_without_demo_lists_them_with_the_other_problems(tmp_path, capsys, model_set):
+    models = models_with(tmp_path, model_set, VAE)
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path, lambda w: w["6"]["inputs"].update(steps=-1)), models)
+    refused(code, err, "node 6 (MMDiTSampler): input 'steps': -1 is below the minimum 1",
+            f"node 1 (MMDiTModelLoader): the model file {models / 'diffusion_models' / 'qwen_image_bf16.safetensors'} "
+            "is missing", "node 2 (MMDiTTextEncoderLoader): the model file", "pass --demo")
+
+
+# --- tokenizers -------------------------------------------------------------------------------------------
+def test_missing_tokenizer_lists_every_place_searched(tmp_path, capsys, model_set, monkeypatch):
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    models = models_with(tmp_path, model_set, DIT, VAE)
+    shutil.copy(model_set / "text_encoders" / TEXT_ENCODER[1], models / "text_encoders" / TEXT_ENCODER[1])
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path), models)
+    folder = models / "text_encoders"
+    refused(code, err, "node 2 (MMDiTTextEncoderLoader): qwen_2.5_vl_7b.safetensors: needs a tokenizer",
+            f"{folder / 'qwen_2.5_vl_7b_tokenizer'} (beside the weights)",
+            f"{folder / 'tokenizer'} (beside the weights)",
+            f"{folder / 'qwen25_tokenizer'} (the models folder)", "set COMFYUI_PATH to a ComfyUI checkout")
+
+
+def test_tokenizer_comfyui_ships_is_found_through_comfyui_path(tmp_path, capsys, model_set, monkeypatch):
+    comfyui = tmp_path / "ComfyUI"
+    write_tiny_qwen_tokenizer(comfyui / "comfy" / "text_encoders" / "qwen25_tokenizer")
+    monkeypatch.setenv("COMFYUI_PATH", str(comfyui))
+    models = models_with(tmp_path, model_set, DIT, VAE)
+    shutil.copy(model_set / "text_encoders" / TEXT_ENCODER[1], models / "text_encoders" / TEXT_ENCODER[1])
+    code, _, err = run(capsys, tmp_path, workflow_file(tmp_path), models)
+    assert code == 0, err
+    assert (f"tokenizer from {comfyui / 'comfy' / 'text_encoders' / 'qwen25_tokenizer'} "
+            "(the tokenizer ComfyUI ships, found through COMFYUI_PATH)") in err
+
+
+def test_help_documents_comfyui_path(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "COMFYUI_PATH" in capsys.readouterr().out
+
+
+def test_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path):
+    tokenizer_dir = write_tiny_qwen_tokenizer(tmp_path / "small_vocab_tokenizer")
+    tokens = len(load_tokenizer(tokenizer_dir))
+    path = write_safetensors(tiny_qwen_text_state_dict(tokens - 6), tmp_path / "small_vocab.safetensors")
+    with pytest.raises(ModelFileError, match=f"fewer token embeddings than its tokenizer has tokens.*"
+                                             f"{tokens - 6} embedding rows; the tokenizer from .* has {tokens} tokens"):
+        load_text_encoder(path)
+    set_host(StandaloneHost(models_dir=tmp_path / "models", device="cpu"))
+    (tmp_path / "models" / "text_encoders").mkdir(parents=True)
+    shutil.move(str(path), tmp_path / "models" / "text_encoders")
+    shutil.move(str(tokenizer_dir), tmp_path / "models" / "text_encoders")
+    message = NODES["MMDiTTextEncoderLoader"].VALIDATE_INPUTS("small_vocab.safetensors")
+    assert f"{tokens - 6} embedding rows" in message and f"has {tokens} tokens" in message
+
+
+def test_convert_copies_the_tokenizer_beside_the_output(tmp_path, capsys, model_set):
+    source = models_with(tmp_path, model_set, TEXT_ENCODER) / "text_encoders" / TEXT_ENCODER[1]
+    target = tmp_path / "converted" / "qwen-Q8_0.gguf"
+    assert cli.main(["convert", str(source), str(target), "--type", "Q8_0"]) == 0
+    copy = tmp_path / "converted" / "qwen-Q8_0_tokenizer"
+    assert f"copied the source's tokenizer to {copy}" in capsys.readouterr().out
+    assert (copy / "vocab.json").is_file()
+    loaded = load_text_encoder(target)
+    assert loaded.tokenizer_source.folder == copy and loaded.tokenizer_source.origin == "beside the weights"
+
+    shutil.rmtree(source.parent / "qwen_2.5_vl_7b_tokenizer")
+    assert cli.main(["convert", str(source), str(tmp_path / "bare" / "qwen-Q8_0.gguf"), "--type", "Q8_0"]) == 0
+    out = capsys.readouterr().out
+    assert "no tokenizer beside" in out and str(tmp_path / "bare" / "qwen-Q8_0_tokenizer") in out
+    assert "COMFYUI_PATH" in out and not (tmp_path / "bare" / "qwen-Q8_0_tokenizer").exists()
+
+
+# --- the loaders' VALIDATE_INPUTS -------------------------------------------------------------------------
+def test_validate_inputs_checks_each_file_version_once(tmp_path, model_set, monkeypatch):
+    from comfyui_mmdit.nodes import vae as vae_nodes
+
+    models = models_with(tmp_path, model_set, VAE)
+    set_host(StandaloneHost(models_dir=models, device="cpu"))
+    check_cache.forget()
+    reads = []
+    original = vae_nodes.read_vae
+
+    def counting(path):
+        reads.append(path)
+        return original(path)
+
+    monkeypatch.setattr(vae_nodes, "read_vae", counting)
+    validate = NODES["MMDiTVAELoader"].VALIDATE_INPUTS
+    assert validate(VAE[1]) is True and validate(VAE[1]) is True
+    assert len(reads) == 1  # queued again: nothing re-read
+    path = models / "vae" / VAE[1]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert validate(VAE[1]) is True and len(reads) == 2  # a changed file is checked again
+    truncate(path)
+    assert "is truncated" in validate(VAE[1])
+
+
+def test_validate_inputs_refuses_a_name_the_folder_does_not_list(tmp_path, model_set):
+    set_host(StandaloneHost(models_dir=models_with(tmp_path, model_set, VAE), device="cpu"))
+    assert NODES["MMDiTVAELoader"].VALIDATE_INPUTS("qwen_image_vea.safetensors") == (
+        "'qwen_image_vea.safetensors' is not in the vae models folder (did you mean 'qwen_image_vae.safetensors'?)")
+    assert "is not in the diffusion_models models folder, which holds no model files" in \
+        NODES["MMDiTModelLoader"].VALIDATE_INPUTS("x.safetensors")
+    assert NODES["MMDiTModelLoader"].VALIDATE_INPUTS(None) is True  # a linked name is checked when it runs
