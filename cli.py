@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Command line: run a shipped workflow headless with the pack's own nodes, without ComfyUI.
 
-    python cli.py run workflows/qwen_image_t2i.api.json --models /path/to/ComfyUI/models
-    python cli.py ui-workflows            # regenerate the UI-format twins of workflows/*.api.json
+    python cli.py run workflows/api/qwen_image_t2i.api.json --models /path/to/ComfyUI/models
+    python cli.py ui-workflows            # regenerate workflows/*.json from workflows/api/*.api.json
     python cli.py convert qwen_image_bf16.safetensors qwen_image-Q4_0.gguf --type Q4_0
 
 `run` checks the whole workflow first (node types, links, values, and every model file it names, opened
@@ -178,11 +178,11 @@ def ui_workflows(args) -> int:
     nodes = _import_pack()
     import json
 
-    from comfyui_mmdit.tools.workflow_ui import api_to_ui
+    from comfyui_mmdit.tools.workflow_ui import api_to_ui, ui_twin
 
-    for path in sorted((ROOT / "workflows").glob("*.api.json")):
+    for path in sorted((ROOT / "workflows" / "api").glob("*.api.json")):
         ui = api_to_ui(json.loads(path.read_text()), nodes.NODE_CLASS_MAPPINGS)
-        target = path.with_name(path.name.replace(".api.json", ".json"))
+        target = ui_twin(path)
         target.write_text(json.dumps(ui, indent=2) + "\n")
         print(f"wrote {target.relative_to(ROOT)}")
     return 0
@@ -232,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", parents=[common], help="run an API-format workflow headless",
                                      epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run_parser.add_argument("workflow", help="an API-format workflow, e.g. workflows/qwen_image_t2i.api.json")
+    run_parser.add_argument("workflow", help="an API-format workflow, e.g. workflows/api/qwen_image_t2i.api.json")
     run_parser.add_argument("--models", default=os.environ.get("MMDIT_MODELS_DIR", "models"),
                             help="a ComfyUI-style models folder (diffusion_models/, text_encoders/, vae/)")
     run_parser.add_argument("--output", default="output", help="where images are written")

@@ -23,7 +23,7 @@ from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
 from helpers import ROOT
 
-SHIPPED = ROOT / "workflows" / "qwen_image_t2i.api.json"
+SHIPPED = ROOT / "workflows" / "api" / "qwen_image_t2i.api.json"
 DIT = ("diffusion_models", "qwen_image_bf16.safetensors")
 TEXT_ENCODER = ("text_encoders", "qwen_2.5_vl_7b.safetensors")
 VAE = ("vae", "qwen_image_vae.safetensors")
@@ -123,7 +123,7 @@ def test_workflow_file_problems(tmp_path, capsys, content, message):
 def test_ui_format_workflow_points_at_its_api_twin(tmp_path, capsys):
     (tmp_path / "models").mkdir()
     code, _, err = run(capsys, tmp_path, ROOT / "workflows" / "qwen_image_t2i.json", tmp_path / "models")
-    refused(code, err, "is a UI-format workflow", "qwen_image_t2i.api.json")
+    refused(code, err, "is a UI-format workflow", "workflows/api/qwen_image_t2i.api.json")
 
 
 def test_unknown_node_type_is_named_with_its_closest_match(tmp_path, capsys, model_set):

@@ -162,7 +162,7 @@ def test_loader_lists_show_a_hint_when_folders_are_empty(tmp_path):
 
 
 def _small_workflow(tmp_path):
-    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / "api" / "qwen_image_t2i.api.json").read_text())
     workflow["5"]["inputs"].update(aspect="custom (width x height)", width=64, height=48)
     workflow["6"]["inputs"].update(steps=2)
     path = tmp_path / "small.api.json"

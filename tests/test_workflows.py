@@ -5,19 +5,20 @@ import json
 import pytest
 
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
-from comfyui_mmdit.tools.workflow_ui import CORE_NODES, api_to_ui, is_widget, node_signature
+from comfyui_mmdit.tools.workflow_ui import CORE_NODES, api_to_ui, is_widget, node_signature, ui_twin
 from comfyui_mmdit.loaders.readers import TORCH_PICKLE_SUFFIXES
 
 from helpers import ROOT
 
-API_WORKFLOWS = sorted((ROOT / "workflows").glob("*.api.json"))
-UI_WORKFLOWS = sorted(p for p in (ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
+# workflows/*.json: the UI format only, since ComfyUI offers every JSON file there as a template.
+UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf") + TORCH_PICKLE_SUFFIXES
 
 
 def test_there_are_workflows_and_each_has_a_ui_twin():
     assert API_WORKFLOWS
-    assert {p.name.replace(".api.json", ".json") for p in API_WORKFLOWS} == {p.name for p in UI_WORKFLOWS}
+    assert {ui_twin(p) for p in API_WORKFLOWS} == set(UI_WORKFLOWS)
 
 
 def check_value(class_type: str, name: str, spec, value):
@@ -97,5 +98,5 @@ def test_ui_workflow(path):
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.name)
 def test_ui_twin_is_up_to_date(path):
     """The UI workflow is generated from the API one (python cli.py ui-workflows): they never drift."""
-    twin = path.with_name(path.name.replace(".api.json", ".json"))
+    twin = ui_twin(path)
     assert json.loads(twin.read_text()) == api_to_ui(json.loads(path.read_text()), NODE_CLASS_MAPPINGS)

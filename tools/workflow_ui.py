@@ -1,10 +1,13 @@
 """Turn an API-format workflow into the UI format ComfyUI's frontend opens (and read widgets back).
 
-The shipped workflows are written once, in API format; their UI twins are generated from them with the
-nodes' INPUT_TYPES (`python cli.py ui-workflows`), so the two can never drift apart.
+The shipped workflows are written once, in API format (workflows/api/NAME.api.json); their UI twins
+(workflows/NAME.json, the folder ComfyUI offers as templates) are generated from them with the nodes'
+INPUT_TYPES (`python cli.py ui-workflows`), so the two can never drift apart.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 # The core ComfyUI nodes the shipped workflows use, with their signatures (ComfyUI's own, unchanged
@@ -16,6 +19,12 @@ CORE_NODES = {
     },
     "PreviewImage": {"input": {"required": {"images": ("IMAGE",)}}, "output": []},
 }
+
+
+def ui_twin(api_path) -> Path:
+    """workflows/api/NAME.api.json -> workflows/NAME.json"""
+    api_path = Path(api_path)
+    return api_path.parent.parent / api_path.name.replace(".api.json", ".json")
 
 
 def is_widget(spec) -> bool:

@@ -51,7 +51,8 @@ def check_document(data, source: str) -> dict:
         raise WorkflowError(source, [f"holds a JSON {_json_kind(data)}; an API-format workflow is a JSON object "
                                      '{"node id": {"class_type": ..., "inputs": {...}}, ...}'])
     if "nodes" in data and "links" in data:
-        twin = source.replace(".json", ".api.json") if source.endswith(".json") else "its .api.json twin"
+        twin = Path(source).parent / "api" / Path(source).name.replace(".json", ".api.json")
+        twin = twin if twin.is_file() else "its API-format twin (.api.json)"
         raise WorkflowError(source, [f"is a UI-format workflow (what ComfyUI's canvas saves); the command line runs "
                                      f"the API format: use {twin} (each shipped workflow has one), or export "
                                      "it from ComfyUI with 'Export (API)'"])

@@ -28,6 +28,9 @@ def test_pack_loads_without_import_errors(comfy_server):
     assert "MMDiTEmptyLatent" in script and "mmdit_presets" in script
     aspect_options = info["MMDiTEmptyLatent"]["input"]["required"]["aspect"][1]
     assert aspect_options["mmdit_presets"]["Qwen-Image"]["16:9"] == [1664, 928]
+    # ComfyUI offers workflows/*.json as templates: only the UI-format ones (the API twins would not open).
+    templates = json.loads(comfy_server.get_text("/workflow_templates"))["ComfyUI-MMDiT"]
+    assert sorted(templates) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json")) == ["qwen_image_t2i"]
 
 
 def test_core_only_workflow_runs(comfy_server):
@@ -42,7 +45,7 @@ def test_core_only_workflow_runs(comfy_server):
 
 
 def test_shipped_qwen_image_workflow_runs(comfy_server):
-    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / "api" / "qwen_image_t2i.api.json").read_text())
     workflow["5"]["inputs"].update(aspect="custom (width x height)", width=96, height=64, batch_size=2)
     workflow["6"]["inputs"].update(steps=3)  # tiny random models: a pipeline check, a few steps suffice
     entry = comfy_server.wait_for(comfy_server.queue_prompt(workflow), timeout=300)
@@ -55,7 +58,7 @@ def test_shipped_qwen_image_workflow_runs(comfy_server):
 def test_gguf_model_is_listed_and_runs(comfy_server):
     info = comfy_server.object_info()
     assert "qwen-image-Q4_0.gguf" in info["MMDiTModelLoader"]["input"]["required"]["model_name"][0]
-    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / "api" / "qwen_image_t2i.api.json").read_text())
     workflow["1"]["inputs"]["model_name"] = "qwen-image-Q4_0.gguf"
     workflow["5"]["inputs"].update(aspect="custom (width x height)", width=48, height=80)
     workflow["6"]["inputs"].update(steps=2)
@@ -64,7 +67,7 @@ def test_gguf_model_is_listed_and_runs(comfy_server):
 
 
 def test_bad_file_is_a_clear_error_and_comfyui_keeps_running(comfy_server):
-    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / "api" / "qwen_image_t2i.api.json").read_text())
     workflow["1"]["inputs"]["model_name"] = "qwen_image_vae.safetensors"  # a VAE given to the model loader
     (comfy_server.base_dir / "models" / "diffusion_models" / "qwen_image_vae.safetensors").symlink_to(
         comfy_server.base_dir / "models" / "vae" / "qwen_image_vae.safetensors")
@@ -81,7 +84,7 @@ def test_corrupt_vae_is_refused_when_queued_before_anything_runs(comfy_server):
     vae_folder = comfy_server.base_dir / "models" / "vae"
     data = (vae_folder / "qwen_image_vae.safetensors").read_bytes()
     (vae_folder / "damaged_vae.safetensors").write_bytes(data[: len(data) // 2])  # a download cut short
-    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / "api" / "qwen_image_t2i.api.json").read_text())
     workflow["7"]["inputs"]["vae_name"] = "damaged_vae.safetensors"
     workflow["6"]["inputs"]["seed"] = 4242  # a prompt ComfyUI has not run (and cached) before
     history_before = comfy_server.history()
@@ -99,7 +102,7 @@ def test_corrupt_vae_is_refused_when_queued_before_anything_runs(comfy_server):
 def test_interrupt_stops_sampling(comfy_server):
     import time
 
-    workflow = json.loads((ROOT / "workflows" / "qwen_image_t2i.api.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / "api" / "qwen_image_t2i.api.json").read_text())
     workflow["5"]["inputs"].update(aspect="custom (width x height)", width=32, height=32)
     workflow["6"]["inputs"].update(steps=1000, seed=99)  # far longer than the test waits
     prompt_id = comfy_server.queue_prompt(workflow)
