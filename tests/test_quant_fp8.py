@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from comfyui_mmdit.loaders.checkpoints import open_checkpoint
 from comfyui_mmdit.loaders.errors import ModelFileError
 from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
-from comfyui_mmdit.loaders.readers import open_checkpoint
 from comfyui_mmdit.tools.convert import convert
 from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict, write_safetensors
 from helpers import encode_qwen_prompts, load_and_run_dit

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError, summarize_keys
-from ..readers import Checkpoint
+from ..formats.checkpoint import Checkpoint
+from ..formats.open import open_file
 from .tensor import FP8_SCALED, QuantizedTensor
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -134,8 +135,6 @@ def looks_like_scale_map(checkpoint: Checkpoint) -> bool:
 
 def read_scale_map(path) -> dict[str, torch.Tensor]:
     """Layer name -> scale, returned keyed by the weight it scales (`<layer>.weight`)."""
-    from ..readers import open_file
-
     scale_map = open_file(path)
     if not looks_like_scale_map(scale_map):
         raise ModelFileError(path, "is not an FP8 scale map",
@@ -171,3 +170,11 @@ def with_official_scale_map(checkpoint: Checkpoint) -> Checkpoint:
         raise ModelFileError(map_path, f"scales {len(unknown)} layers that {path.name} does not contain",
                              found=summarize_keys(unknown), hint="The map belongs to a different weights file.")
     return FP8ScaledView(checkpoint, scale_map=scales)
+
+
+def with_fp8_scales(checkpoint: Checkpoint) -> Checkpoint:
+    """Scaled FP8 files: present each weight with its scale folded in, whether the scales are inside the
+    file or in an official release's separate map."""
+    if FP8ScaledView.applies_to(checkpoint):
+        return FP8ScaledView(checkpoint)
+    return with_official_scale_map(checkpoint)

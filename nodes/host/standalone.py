@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ...loaders.readers import TORCH_PICKLE_SUFFIXES
+from ...loaders.formats.torch_pickle import TORCH_PICKLE_SUFFIXES
 from ...model_defs.families import FamilySpec
 from ...model_defs.sampling import shifted_sigmas
 from .progress import StderrProgress
