@@ -1,6 +1,7 @@
 """Damaged model files are refused with a ModelFileError naming the file, never loaded quietly and never
-failing with a raw Python error: safetensors headers, GGUF headers, sharded indexes and .pt files. Each
-case was found loading quietly, or failing with an internal error, before the readers checked it."""
+failing with a raw Python error: safetensors headers, GGUF headers, sharded indexes, .pt files, FP8 scales
+and quantization records. Each case was found loading quietly, or failing with an internal error, before
+the readers checked it."""
 
 from __future__ import annotations
 
@@ -409,3 +410,68 @@ def test_pt_with_odd_keys_or_tensors(tmp_path):
 def test_folder_in_place_of_a_weights_file(tmp_path):
     (tmp_path / "models" / "inner.safetensors").mkdir(parents=True)
     refused(tmp_path / "models", "could not be read", "IsADirectoryError")
+
+
+# --- FP8 scales and quantization records ----------------------------------------------------------------
+def _scaled_fp8(tmp_path, name="scaled.safetensors", **changes):
+    """A ComfyUI-style scaled FP8 file: marker, two FP8 weights with scale_weight, bf16 biases."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for layer, (rows, cols) in {"l1": (8, 4), "l2": (3, 8)}.items():
+        tensors[f"{layer}.weight"] = torch.randn(rows, cols, generator=g).to(torch.float8_e4m3fn)
+        tensors[f"{layer}.bias"] = torch.randn(rows, generator=g).to(torch.bfloat16)
+        tensors[f"{layer}.scale_weight"] = torch.tensor(0.5)
+    tensors.update(changes)
+    tensors = {k: v for k, v in tensors.items() if v is not None}
+    save_file(tensors, str(tmp_path / name))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("scale", [torch.ones(3), torch.ones(8, 2), torch.ones(1, 8), torch.ones(4)])
+def test_scale_of_the_wrong_shape(tmp_path, scale):
+    """Before: loaded, and failed only at forward ("The size of tensor a (64) must match ... (3)")."""
+    refused(_scaled_fp8(tmp_path, **{"l1.scale_weight": scale}), "scale of the wrong shape for l1.weight",
+            "one value, or one per output row (8)")
+
+
+def test_scales_of_the_right_shapes(tmp_path):
+    rows = torch.linspace(0.5, 2.0, 8)
+    path = _scaled_fp8(tmp_path, **{"l1.scale_weight": rows.reshape(8, 1), "l2.scale_weight": torch.ones(1)})
+    checkpoint = open_checkpoint(path)
+    weight = checkpoint.tensor("l1.weight")
+    assert torch.equal(weight.dequantize(torch.float32), weight.raw().float() * rows[:, None])
+    assert checkpoint.tensor("l2.weight").scale.shape == ()
+
+
+def test_scale_beside_a_weight_that_is_not_fp8(tmp_path):
+    refused(_scaled_fp8(tmp_path, **{"l1.weight": torch.zeros(8, 4, dtype=torch.bfloat16)}),
+            "has a scale for l1.weight, which is stored as bfloat16, not FP8")
+
+
+def _record(value) -> torch.Tensor:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return torch.tensor(list(raw), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("record", [["float8_e4m3fn"], "float8_e4m3fn", {"format": 8}, {"fmt": "float8_e4m3fn"},
+                                    b"\xff\xfe", b"{" * 3000 + b"}" * 1000, None])
+def test_broken_comfy_quant_record(tmp_path, record):
+    changes = {"l1.comfy_quant": _record(record) if record is not None else torch.zeros(2, 2, dtype=torch.uint8),
+               "l1.weight_scale": torch.tensor(0.5), "l1.scale_weight": None}
+    refused(_scaled_fp8(tmp_path, **changes), "unreadable quantization record 'l1.comfy_quant'")
+
+
+def test_comfy_quant_record_without_its_weight(tmp_path):
+    refused(_scaled_fp8(tmp_path, **{"l9.comfy_quant": _record({"format": "float8_e4m3fn"})}),
+            "scales for 1 weights it does not contain", "l9.weight")
+
+
+def test_official_map_scale_of_the_wrong_shape(tmp_path):
+    weights = {"l1.weight": torch.randn(8, 4).to(torch.float8_e4m3fn), "l1.bias": torch.zeros(8)}
+    torch.save(weights, tmp_path / "release.pt")
+    for bad in (torch.ones(8), torch.ones(2, 1), torch.tensor(3)):
+        torch.save({"l1": bad}, tmp_path / "release_map.pt")
+        refused(tmp_path / "release.pt", "scale of the wrong kind for layer l1", damaged=tmp_path / "release_map.pt")
+    torch.save({"l1": torch.tensor(0.25)}, tmp_path / "release_map.pt")
+    weight = open_checkpoint(tmp_path / "release.pt").tensor("l1.weight")
+    assert torch.equal(weight.dequantize(torch.float32), weights["l1.weight"].float() * 0.25)
