@@ -94,6 +94,25 @@ def test_plain_fp8_dequantizes_straight_to_the_compute_dtype():
         assert out.dtype == dtype and torch.equal(out, data.to(dtype)) and torch.equal(out.float(), data.float())
     assert torch.equal(weight.dequantize_rows(torch.tensor([3, 1]), torch.bfloat16), data[[3, 1]].to(torch.bfloat16))
     assert weight.to(torch.float8_e5m2) is weight  # asking for its own dtype keeps it quantized
+    # ComfyUI's cast_to passes copy=: same values, a copy only when asked
+    assert torch.equal(weight.to(dtype=torch.float32, copy=False), data.float())
+    copied = weight.to(copy=True)
+    assert isinstance(copied, QuantizedTensor) and copied.data_ptr() != weight.data_ptr()
+
+
+@torch.no_grad()
+def test_plain_fp8_vae(tmp_path):
+    """FP8 conv kernels (QuantizedTensor without a scale) decode as a float32 VAE of the same values."""
+    from comfyui_mmdit.loaders.vae import load_vae
+    from comfyui_mmdit.tools.tiny_models import tiny_qwen_vae_state_dict
+
+    fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in tiny_qwen_vae_state_dict(seed=2).items()}
+    save_file(fp8, str(tmp_path / "vae_fp8.safetensors"))
+    save_file({k: v.float() for k, v in fp8.items()}, str(tmp_path / "vae_fp32.safetensors"))
+    ours, reference = load_vae(tmp_path / "vae_fp8.safetensors"), load_vae(tmp_path / "vae_fp32.safetensors")
+    assert all(p.element_size() == 1 for p in ours.module.parameters())
+    latent = torch.randn(1, 16, 1, 4, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours.module.decode(latent), reference.module.decode(latent), atol=1e-5, rtol=1e-5)
 
 
 def test_scaled_file_still_refuses_an_unscaled_fp8_matrix_but_not_a_bias(tmp_path):

@@ -84,11 +84,12 @@ class QuantizedTensor(torch.Tensor):
 
     # --- what modules, state dicts and ComfyUI's memory manager do with parameters ----------------
     def to(self, *args, **kwargs):
+        copy = kwargs.pop("copy", False)  # ComfyUI's cast_to passes it; torch's argument parser refuses it
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
         if dtype is not None and dtype.is_floating_point and dtype != self.dtype:
             return self.dequantize(dtype, device)  # a floating dtype asks for the values
         if device is None or torch.device(device) == self.device:
-            return self
+            return self.clone() if copy else self
         scale = None if self.scale is None else self.scale.to(device, non_blocking=non_blocking)
         return self._rewrap(self.raw().to(device, non_blocking=non_blocking), scale)
 

@@ -2,7 +2,8 @@
 default weight dtype: a plain FP8 file (no scales, as qwen_image_fp8_e4m3fn.safetensors) and the scaled-FP8
 layout ComfyUI 0.3.64 itself saves (Linear biases in FP8 without scales). Both stay 1 byte per value in
 memory, also once ComfyUI's memory manager has loaded them, and compute what a float32 model holding the
-same values computes (biases: the fp8 number, as ComfyUI casts them)."""
+same values computes (biases: the fp8 number, as ComfyUI casts them). A plain FP8 VAE decodes as its
+float32 twin does."""
 
 import pytest
 import torch
@@ -13,11 +14,18 @@ from helpers import fp8_variants
 
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess, tmp_path_factory):
-    from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict
+    from safetensors.torch import save_file
 
-    folder = tmp_path_factory.mktemp("comfy_fp8") / "diffusion_models"
-    files = fp8_variants(tiny_qwen_dit_state_dict(seed=8), folder, "tiny")
-    comfy_inprocess.folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
+    from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict, tiny_qwen_vae_state_dict
+
+    root = tmp_path_factory.mktemp("comfy_fp8")
+    files = fp8_variants(tiny_qwen_dit_state_dict(seed=8), root / "diffusion_models", "tiny")
+    vae = {k: v.to(torch.float8_e4m3fn) for k, v in tiny_qwen_vae_state_dict(seed=2).items()}
+    (root / "vae").mkdir()
+    save_file(vae, str(root / "vae" / "tiny_vae_fp8.safetensors"))
+    save_file({k: v.float() for k, v in vae.items()}, str(root / "vae" / "tiny_vae_fp32.safetensors"))
+    for folder in ("diffusion_models", "vae"):
+        comfy_inprocess.folder_paths.add_model_folder_path(folder, str(root / folder), is_default=True)
     with pack_on_comfyui_host() as nodes:
         yield nodes, files
 
@@ -90,3 +98,15 @@ def test_fp8_biases_mean_what_they_mean_to_comfyui(comfy_inprocess, pack):
         inputs = torch.randn(3, 5, layer.in_features, generator=g)
         with torch.no_grad():
             torch.testing.assert_close(layer(inputs), theirs(inputs), atol=1e-6, rtol=1e-6)
+
+
+def test_plain_fp8_vae(pack):
+    """Conv kernels in FP8 (QuantizedTensor, no scale) go through ComfyUI's own cast-at-use layers."""
+    nodes, _ = pack
+    latent = {"samples": torch.randn(1, 16, 4, 6, generator=torch.Generator().manual_seed(2))}
+    images = {}
+    for name in ("tiny_vae_fp8.safetensors", "tiny_vae_fp32.safetensors"):
+        vae, = nodes["MMDiTVAELoader"]().load(name)
+        images[name], = nodes["MMDiTVAEDecode"]().decode(latent, vae)
+    torch.testing.assert_close(images["tiny_vae_fp8.safetensors"], images["tiny_vae_fp32.safetensors"],
+                               atol=1e-5, rtol=1e-5)
