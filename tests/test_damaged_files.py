@@ -149,6 +149,13 @@ def test_header_values_of_the_wrong_type_or_size(tmp_path, layout, entry, fragme
     refused(write(tmp_path, "types.safetensors", header, data), fragment)
 
 
+def test_messages_stay_short_whatever_the_file_holds(tmp_path, layout):
+    header, data = layout
+    header["k" * 100_000] = {"dtype": "F32", "shape": [[[[[1]]]]] * 10_000, "data_offsets": [0, 4]}
+    message = refused(write(tmp_path, "long.safetensors", header, data), "shape that is not a list")
+    assert len(message) < 1000, len(message)
+
+
 @pytest.mark.parametrize("metadata", [{"k": 1}, {"k": ["v"]}, ["k", "v"], "k=v"])
 def test_metadata_must_map_strings_to_strings(tmp_path, layout, metadata):
     header, data = layout

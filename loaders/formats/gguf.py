@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, summarize_keys
+from ..errors import ModelFileError, brief, summarize_keys
 from ..gguf_dequant import BLOCKS, NAMES, PLAIN_DTYPES, SUPPORTED_TYPES
 from ..quant.tensor import GGUF, QuantizedTensor
 from .checkpoint import Checkpoint, MappedFile, element_count
@@ -130,11 +130,6 @@ class Header:
 def _unreadable(path, problem: str, found: str | None = None, expected: str | None = None) -> ModelFileError:
     return ModelFileError(path, f"is not a readable GGUF file: {problem}", found=found, expected=expected,
                           hint=DAMAGED_HINT)
-
-
-def _quoted(text: str) -> str:
-    """A name for a message: a corrupt file can hold names of any length."""
-    return repr(text if len(text) <= 80 else text[:80] + "...")
 
 
 def align_up(offset: int, alignment: int) -> int:
@@ -259,9 +254,9 @@ def _parse(path: Path, buf, size: int) -> Header:
     for i in range(kv_count):
         key = p.text(f"metadata key {i}")
         if key in metadata:
-            raise _unreadable(path, f"the metadata key {_quoted(key)} is given twice")
-        vtype = p.scalar("I", _quoted(key), "the value type of ")
-        metadata[key] = p.value(vtype, f"the value of {_quoted(key)}")
+            raise _unreadable(path, f"the metadata key {brief(key)} is given twice")
+        vtype = p.scalar("I", brief(key), "the value type of ")
+        metadata[key] = p.value(vtype, f"the value of {brief(key)}")
         value_types[key] = vtype
 
     alignment = _alignment(path, metadata, value_types)
@@ -270,12 +265,12 @@ def _parse(path: Path, buf, size: int) -> Header:
     for i in range(tensor_count):
         name = p.text(f"the name of tensor {i}")
         if name in names:
-            raise _unreadable(path, f"the tensor name {_quoted(name)} is given twice")
+            raise _unreadable(path, f"the tensor name {brief(name)} is given twice")
         names.add(name)
-        what = _quoted(name)
+        what = brief(name)
         n_dims = p.scalar("I", what, "the dimension count of ")
         if n_dims > MAX_DIMS:
-            raise _unreadable(path, f"tensor {_quoted(name)} has too many dimensions", found=str(n_dims),
+            raise _unreadable(path, f"tensor {brief(name)} has too many dimensions", found=str(n_dims),
                               expected=f"at most {MAX_DIMS}")
         p.need(n_dims * 8, what, "the dimensions of ")
         dims = tuple(p.scalar("Q", what, "the dimensions of ") for _ in range(n_dims))
@@ -293,23 +288,23 @@ def _alignment(path, metadata: dict, value_types: dict) -> int:
     value = metadata[ALIGNMENT_KEY]
     if value_types[ALIGNMENT_KEY] != UINT32 or value <= 0 or value & (value - 1):
         raise _unreadable(path, f"{ALIGNMENT_KEY} is not a power of two stored as a uint32",
-                          found=f"{value!r} (value type {value_types[ALIGNMENT_KEY]})")
+                          found=f"{brief(value)} (value type {value_types[ALIGNMENT_KEY]})")
     return value
 
 
 def _nbytes(path, name: str, dims: tuple[int, ...], qtype: int, file_size: int) -> int:
     known = GGML_TYPES.get(qtype)
     if known is None:
-        raise _unreadable(path, f"tensor {_quoted(name)} has a tensor type unknown to this pack and to the "
+        raise _unreadable(path, f"tensor {brief(name)} has a tensor type unknown to this pack and to the "
                           "installed gguf package", found=f"type {qtype}")
     type_name, block, type_size = known
     row = dims[0] if dims else 1
     if row % block:
-        raise _unreadable(path, f"the rows of tensor {_quoted(name)} do not fill whole {type_name} blocks",
+        raise _unreadable(path, f"the rows of tensor {brief(name)} do not fill whole {type_name} blocks",
                           found=f"rows of {row} values", expected=f"a multiple of {block}")
     count = element_count(dims, file_size * block)
     if count > file_size * block:
-        raise _unreadable(path, f"tensor {_quoted(name)} declares more data than the file holds",
+        raise _unreadable(path, f"tensor {brief(name)} declares more data than the file holds",
                           found=f"dimensions {list(dims)} of {type_name} in a {file_size}-byte file")
     return count // block * type_size
 
@@ -319,11 +314,11 @@ def _check_tiling(path, tensors: list[TensorInfo], alignment: int, data_start: i
     for info in sorted(tensors, key=lambda t: (t.offset, t.nbytes)):
         if info.offset != cursor:
             if info.offset < cursor:
-                where = (f"tensor {_quoted(info.name)} starts at byte {info.offset} of the data section, "
-                         f"inside {_quoted(previous)}")
+                where = (f"tensor {brief(info.name)} starts at byte {info.offset} of the data section, "
+                         f"inside {brief(previous)}")
             else:
-                after = f"tensor {_quoted(previous)}" if previous is not None else "the start of the data section"
-                where = (f"tensor {_quoted(info.name)} starts at byte {info.offset} of the data section, "
+                after = f"tensor {brief(previous)}" if previous is not None else "the start of the data section"
+                where = (f"tensor {brief(info.name)} starts at byte {info.offset} of the data section, "
                          f"{info.offset - cursor} bytes after the end of {after} (aligned to {alignment})")
             raise ModelFileError(path, "has overlapping or misplaced tensors (its tensors must fill the data "
                                  "section one after another)", found=where, hint=DAMAGED_HINT)
@@ -371,17 +366,17 @@ class GGUFFile(Checkpoint):
         self.metadata = header.metadata
         self.architecture = self.metadata.get(ARCHITECTURE_KEY, "")
         if not isinstance(self.architecture, str):
-            raise _unreadable(self.path, f"{ARCHITECTURE_KEY} is not a string", found=repr(self.architecture)[:80])
+            raise _unreadable(self.path, f"{ARCHITECTURE_KEY} is not a string", found=brief(self.architecture))
         llama_cpp = any(t.name.startswith("blk.") for t in header.tensors)
         if llama_cpp and self.architecture in PERMUTED_QK_ARCHITECTURES:
-            raise ModelFileError(self.path, f"is a llama.cpp GGUF of architecture {self.architecture!r}, whose "
+            raise ModelFileError(self.path, f"is a llama.cpp GGUF of architecture {brief(self.architecture)}, whose "
                                  "attention weights llama.cpp stores permuted; reading those is not supported yet",
                                  expected="a Qwen2/Qwen2.5-VL text encoder GGUF")
         self._entries: dict[str, _Entry] = {}
         for info in header.tensors:
             name = transformers_name(info.name) if llama_cpp else info.name
             if name in self._entries:
-                raise _unreadable(self.path, f"two tensors map to the same name {_quoted(name)}")
+                raise _unreadable(self.path, f"two tensors map to the same name {brief(name)}")
             shape = self._original_shape(info) or tuple(reversed(info.dims))
             self._entries[name] = _Entry(info.qtype, shape, header.data_start + info.offset, info.nbytes)
         self._check_types()
@@ -396,7 +391,7 @@ class GGUFFile(Checkpoint):
         stored = math.prod(info.dims)  # bounded by the file size already
         if (not isinstance(value, list) or not value
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            raise _unreadable(self.path, f"{key} is not a list of positive integers", found=repr(value)[:120])
+            raise _unreadable(self.path, f"{key} is not a list of positive integers", found=brief(value))
         if element_count(value, stored) != stored:
             raise _unreadable(self.path, f"{key} does not hold as many values as the tensor stores",
                               found=f"original shape {value}", expected=f"{stored} values")

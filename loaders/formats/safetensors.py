@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint, MappedFile, element_count
 
 SAFETENSORS_DTYPES = {
@@ -125,7 +125,7 @@ def _parse_json(path, raw: bytes) -> dict:
     try:
         header = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
     except _Duplicate as e:
-        raise _corrupt(path, "a key is given twice", found=repr(e.args[0])[:200]) from None
+        raise _corrupt(path, "a key is given twice", found=brief(e.args[0])) from None
     except RecursionError:
         raise _corrupt(path, "it is nested too deeply to be a tensor index") from None
     except ValueError as e:  # JSONDecodeError, and int() limits on absurdly long numbers
@@ -139,13 +139,13 @@ def _metadata(path, metadata) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise _corrupt(path, f"{METADATA_KEY} is not an object of strings", found=repr(metadata)[:200])
+        raise _corrupt(path, f"{METADATA_KEY} is not an object of strings", found=brief(metadata))
     return metadata
 
 
 def _entry(path, key: str, value, data_size: int) -> Entry:
     def malformed(problem):
-        return _corrupt(path, f"the entry for tensor {key!r} {problem}", found=repr(value)[:200])
+        return _corrupt(path, f"the entry for tensor {brief(key)} {problem}", found=brief(value))
 
     if not isinstance(value, dict):
         raise malformed("is not an object")
@@ -156,7 +156,7 @@ def _entry(path, key: str, value, data_size: int) -> Entry:
     if not isinstance(dtype_name, str):
         raise malformed("has a dtype that is not a string")
     if dtype_name not in SAFETENSORS_DTYPES:
-        raise ModelFileError(path, f"stores tensor {key!r} in a data type this pack cannot read",
+        raise ModelFileError(path, f"stores tensor {brief(key)} in a data type this pack cannot read",
                              found=dtype_name[:50], expected=", ".join(SAFETENSORS_DTYPES))
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise malformed("has a shape that is not a list of non-negative integers")
@@ -167,13 +167,14 @@ def _entry(path, key: str, value, data_size: int) -> Entry:
     begin, end = offsets
     count = element_count(shape, data_size)
     if count > data_size:
-        raise ModelFileError(path, f"declares more data for tensor {key!r} than the file holds",
-                             found=f"shape {shape[:8]}{' ...' if len(shape) > 8 else ''} {dtype_name} in a "
+        raise ModelFileError(path, f"declares more data for tensor {brief(key)} than the file holds",
+                             found=f"shape {brief(shape)} {dtype_name} in a "
                                    f"{data_size}-byte data section", hint=DAMAGED_HINT)
     nbytes = count * dtype.itemsize
     if end - begin != nbytes:
-        raise ModelFileError(path, f"has inconsistent sizes for tensor {key!r}",
-                             found=f"shape {shape} {dtype_name} ({nbytes} bytes) in a range of {end - begin} bytes",
+        raise ModelFileError(path, f"has inconsistent sizes for tensor {brief(key)}",
+                             found=f"shape {brief(shape)} {dtype_name} ({nbytes} bytes) in a range of "
+                                   f"{end - begin} bytes",
                              hint=DAMAGED_HINT)
     return Entry(dtype, tuple(shape), begin, end)
 
@@ -182,10 +183,10 @@ def _check_tiling(path, entries: dict[str, Entry], data_size: int) -> None:
     end, previous = 0, None
     for key, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.begin != end:
-            where = (f"tensor {key!r} starts at byte {entry.begin} of the data section, "
-                     + (f"inside tensor {previous!r} (which ends at {end})" if entry.begin < end else
+            where = (f"tensor {brief(key)} starts at byte {entry.begin} of the data section, "
+                     + (f"inside tensor {brief(previous)} (which ends at {end})" if entry.begin < end else
                         f"leaving {entry.begin - end} unused bytes after "
-                        + (f"tensor {previous!r}" if previous is not None else "the header")))
+                        + (f"tensor {brief(previous)}" if previous is not None else "the header")))
             raise ModelFileError(path, "has overlapping or misplaced tensors (its tensors must fill the data "
                                  "section one after another)", found=where, hint=DAMAGED_HINT)
         end, previous = entry.end, key

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint
 from .safetensors import SafetensorsFile
 
@@ -28,10 +28,10 @@ class ShardedCheckpoint(Checkpoint):
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise _invalid(self.path, "its weight_map is not an object from tensor names to shard file names",
-                           found=repr(weight_map)[:200])
+                           found=brief(weight_map))
         metadata = index.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
-            raise _invalid(self.path, "its metadata is not an object", found=repr(metadata)[:200])
+            raise _invalid(self.path, "its metadata is not an object", found=brief(metadata))
         self.metadata = metadata or {}
         folder = self.path.parent
         self._shards: dict[str, SafetensorsFile] = {}
@@ -46,7 +46,7 @@ class ShardedCheckpoint(Checkpoint):
                 self._shards[shard_name] = SafetensorsFile(shard_path)
             shard = self._shards[shard_name]
             if key not in shard:
-                raise ModelFileError(shard.path, f"does not contain {key!r}, which the index places there")
+                raise ModelFileError(shard.path, f"does not contain {brief(key)}, which the index places there")
             self._where[key] = shard
 
     def keys(self):
@@ -71,7 +71,7 @@ def _refuse_duplicates(pairs):
     out = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"the key {key!r} is given twice")
+            raise ValueError(f"the key {brief(key)} is given twice")
         out[key] = value
     return out
 
@@ -103,7 +103,7 @@ def _check_shard_name(index_path: Path, name: str) -> None:
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
     if (not name or "\x00" in name or posix.is_absolute() or windows.is_absolute() or windows.drive
             or ".." in posix.parts or ".." in windows.parts):
-        raise _invalid(index_path, "it names a shard outside its folder", found=repr(name)[:200])
+        raise _invalid(index_path, "it names a shard outside its folder", found=brief(name))
 
 
 def _is_file(path: Path) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint
 
 TORCH_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -71,11 +71,11 @@ def _unwrap_state_dict(path, data) -> dict[str, torch.Tensor]:
         raise ModelFileError(path, "does not hold a dictionary of tensors", found=type(data).__name__)
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ModelFileError(path, "holds no tensors", found=f"keys {[repr(k)[:40] for k in list(data)[:8]]}")
+        raise ModelFileError(path, "holds no tensors", found=f"keys {brief(list(data))}")
     odd_names = [k for k in tensors if not isinstance(k, str)]
     if odd_names:
         raise ModelFileError(path, "names tensors with something other than strings",
-                             found=", ".join(repr(k)[:40] for k in odd_names[:4]))
+                             found=brief(odd_names))
     odd_layouts = [k for k, v in tensors.items() if v.layout != torch.strided or v.is_quantized or v.is_meta]
     if odd_layouts:
         raise ModelFileError(path, "holds tensors that are not plain dense tensors",

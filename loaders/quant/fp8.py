@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, summarize_keys
+from ..errors import ModelFileError, brief, summarize_keys
 from ..formats.checkpoint import Checkpoint
 from ..formats.open import open_file
 from .tensor import FP8_SCALED, QuantizedTensor
@@ -133,7 +133,7 @@ class FP8View(Checkpoint):
         layer = _layer(key, RECORD_SUFFIX)
         dtype, shape = self.inner.dtype(key), self.inner.shape(key)
         if dtype != torch.uint8 or len(shape) != 1 or shape[0] > MAX_RECORD_BYTES:
-            raise ModelFileError(self.path, f"has an unreadable quantization record {key!r}",
+            raise ModelFileError(self.path, f"has an unreadable quantization record {brief(key)}",
                                  found=f"{_dtype_name(dtype)} of shape {list(shape)}",
                                  expected=f"UTF-8 JSON as uint8, at most {MAX_RECORD_BYTES} bytes", hint=DAMAGED_HINT)
         raw = self.inner.tensor(key).numpy().tobytes()
@@ -142,7 +142,7 @@ class FP8View(Checkpoint):
         except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             info = None
         if not isinstance(info, dict) or not isinstance(info.get("format"), str):
-            raise ModelFileError(self.path, f"has an unreadable quantization record {key!r}",
+            raise ModelFileError(self.path, f"has an unreadable quantization record {brief(key)}",
                                  found=repr(raw[:80]), expected='a JSON object such as {"format": "float8_e4m3fn"}',
                                  hint=DAMAGED_HINT)
         if info["format"] not in SUPPORTED_COMFY_QUANT:
