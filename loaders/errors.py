@@ -47,3 +47,7 @@ _BRIEF.maxstring, _BRIEF.maxlong, _BRIEF.maxother = 80, 40, 80
 def brief(value) -> str:
     """A short repr for a message: names and values read from a damaged file can be of any size or depth."""
     return _BRIEF.repr(value)
+
+
+def byte_count(n: int) -> str:
+    return f"{n} byte" if n == 1 else f"{n} bytes"

@@ -93,13 +93,13 @@ def test_header_length_one_byte_short(tmp_path, layout):
     raw = json.dumps(header, separators=(",", ":"))
     assert len(raw) % 8, "the header needs padding for this case"
     path = write(tmp_path, "short_header.safetensors", header, data, header_len_delta=-1)
-    refused(path, "1 bytes extra")
+    refused(path, "(1 byte extra)")
 
 
 @pytest.mark.parametrize("offsets, fragment", [
     ({"a": [0, 24], "b": [16, 24]}, "inside tensor 'a'"),  # overlap
-    ({"a": [0, 24], "b": [28, 36]}, "leaving 4 unused bytes after tensor 'a'"),  # gap
-    ({"a": [8, 32], "b": [32, 40]}, "leaving 8 unused bytes after the header"),  # data not starting at 0
+    ({"a": [0, 24], "b": [28, 36]}, "leaving 4 bytes unused after tensor 'a'"),  # gap
+    ({"a": [8, 32], "b": [32, 40]}, "leaving 8 bytes unused after the header"),  # data not starting at 0
     ({"a": [0, 24], "b": [0, 8]}, "inside tensor 'b'"),  # two tensors on the same bytes
 ], ids=["overlap", "gap", "not-from-0", "same-bytes"])
 def test_tensors_must_tile_the_data_section(tmp_path, layout, offsets, fragment):
@@ -268,7 +268,7 @@ def test_gguf_tensor_offset_changed(tmp_path, good_gguf, tensor, change):
 def test_gguf_data_shifted_or_cut(tmp_path, good_gguf):
     _, data, positions = good_gguf
     start = positions["data"]
-    refused(_variant(tmp_path, "shifted.gguf", data[:start] + b"\0" + data[start:]), "1 bytes extra")
+    refused(_variant(tmp_path, "shifted.gguf", data[:start] + b"\0" + data[start:]), "(1 byte extra)")
     refused(_variant(tmp_path, "extra.gguf", data + bytes(32)), "32 bytes extra")
     refused(_variant(tmp_path, "truncated.gguf", data[:-40]), "truncated")
     for cut in (3, 23, positions["value:some.strings"] + 5, positions["name:b.weight"] + 4, start - 1):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, brief, summarize_keys
+from ..errors import ModelFileError, brief, byte_count, summarize_keys
 from ..gguf_dequant import BLOCKS, NAMES, PLAIN_DTYPES, SUPPORTED_TYPES
 from ..quant.tensor import GGUF, QuantizedTensor
 from .checkpoint import Checkpoint, MappedFile, element_count
@@ -319,7 +319,7 @@ def _check_tiling(path, tensors: list[TensorInfo], alignment: int, data_start: i
             else:
                 after = f"tensor {brief(previous)}" if previous is not None else "the start of the data section"
                 where = (f"tensor {brief(info.name)} starts at byte {info.offset} of the data section, "
-                         f"{info.offset - cursor} bytes after the end of {after} (aligned to {alignment})")
+                         f"{byte_count(info.offset - cursor)} after the end of {after} (aligned to {alignment})")
             raise ModelFileError(path, "has overlapping or misplaced tensors (its tensors must fill the data "
                                  "section one after another)", found=where, hint=DAMAGED_HINT)
         end = info.offset + info.nbytes
@@ -328,13 +328,13 @@ def _check_tiling(path, tensors: list[TensorInfo], alignment: int, data_start: i
     if data_size < end:
         raise ModelFileError(
             path, "is truncated", found=f"{file_size} bytes",
-            expected=f"{data_start + end} bytes as its header declares ({end - data_size} bytes missing)",
+            expected=f"{data_start + end} bytes as its header declares ({byte_count(end - data_size)} missing)",
             hint="The download was probably cut short; download the file again.",
         )
     if data_size > cursor:
         raise ModelFileError(path, "has data its header does not account for",
                              found=f"{data_size} bytes of tensor data",
-                             expected=f"{cursor} bytes as its header declares ({data_size - cursor} bytes extra)",
+                             expected=f"{cursor} bytes as its header declares ({byte_count(data_size - cursor)} extra)",
                              hint=DAMAGED_HINT)
     if end < data_size < cursor:
         raise ModelFileError(path, "ends inside the padding after its last tensor",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, brief
+from ..errors import ModelFileError, brief, byte_count
 from .checkpoint import Checkpoint, MappedFile, element_count
 
 SAFETENSORS_DTYPES = {
@@ -185,7 +185,7 @@ def _check_tiling(path, entries: dict[str, Entry], data_size: int) -> None:
         if entry.begin != end:
             where = (f"tensor {brief(key)} starts at byte {entry.begin} of the data section, "
                      + (f"inside tensor {brief(previous)} (which ends at {end})" if entry.begin < end else
-                        f"leaving {entry.begin - end} unused bytes after "
+                        f"leaving {byte_count(entry.begin - end)} unused after "
                         + (f"tensor {brief(previous)}" if previous is not None else "the header")))
             raise ModelFileError(path, "has overlapping or misplaced tensors (its tensors must fill the data "
                                  "section one after another)", found=where, hint=DAMAGED_HINT)
@@ -193,11 +193,11 @@ def _check_tiling(path, entries: dict[str, Entry], data_size: int) -> None:
     if end > data_size:
         raise ModelFileError(
             path, "is truncated", found=f"{data_size} bytes of tensor data",
-            expected=f"{end} bytes as its header declares ({end - data_size} bytes missing)",
+            expected=f"{end} bytes as its header declares ({byte_count(end - data_size)} missing)",
             hint="The download was probably cut short; download the file again.",
         )
     if end < data_size:
         raise ModelFileError(path, "has data its header does not account for",
                              found=f"{data_size} bytes of tensor data",
-                             expected=f"{end} bytes as its header declares ({data_size - end} bytes extra)",
+                             expected=f"{end} bytes as its header declares ({byte_count(data_size - end)} extra)",
                              hint=DAMAGED_HINT)
