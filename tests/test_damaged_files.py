@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -239,6 +240,20 @@ def test_good_gguf_reads(good_gguf):
     assert tensors["a.weight"].shape == (4, 64) and tensors["norm.weight"].shape == (20,)
     checkpoint = open_checkpoint(path)
     assert checkpoint.metadata["some.strings"] == ["x", "yz"] and checkpoint.architecture == "qwen_image"
+
+
+def test_gguf_reads_without_the_gguf_package(good_gguf, monkeypatch):
+    """The package only lends block sizes; without it, the types the pack dequantizes are still known."""
+    from comfyui_mmdit.loaders.formats import gguf as reader
+
+    path, _, _ = good_gguf
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    reader.ggml_types.cache_clear()
+    try:
+        assert {k: v.shape for k, v in read_all(path).items()} == {
+            "norm.weight": (20,), "a.weight": (4, 64), "b.weight": (2, 32)}
+    finally:
+        reader.ggml_types.cache_clear()
 
 
 def _variant(tmp_path, name, data):

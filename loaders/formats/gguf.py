@@ -29,6 +29,7 @@ layer at forward time), F32/F16/BF16 tensors as plain tensors.
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -88,17 +89,17 @@ LLAMA_CPP_NAMES = [
 PERMUTED_QK_ARCHITECTURES = {"llama", "mistral", "mistral3"}
 
 
-def _ggml_types() -> dict[int, tuple[str, int, int]]:
+@functools.cache
+def ggml_types() -> dict[int, tuple[str, int, int]]:
     """GGML type -> (name, values per block, bytes per block). The gguf package knows every type (also the
-    ones this pack cannot dequantize, which are then refused by name); without it, the ones we read."""
+    ones this pack cannot dequantize, which are then refused by name); without it, the ones we read.
+    Asked for when a GGUF file is opened, not on import (the package takes a while to import)."""
     try:
         import gguf
     except ImportError:
         return {t: (NAMES[t], *BLOCKS[t]) for t in BLOCKS}
     return {int(t): (t.name, *sizes) for t, sizes in gguf.GGML_QUANT_SIZES.items()}
 
-
-GGML_TYPES = _ggml_types()
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,7 @@ def _alignment(path, metadata: dict, value_types: dict) -> int:
 
 
 def _nbytes(path, name: str, dims: tuple[int, ...], qtype: int, file_size: int) -> int:
-    known = GGML_TYPES.get(qtype)
+    known = ggml_types().get(qtype)
     if known is None:
         raise _unreadable(path, f"tensor {brief(name)} has a tensor type unknown to this pack and to the "
                           "installed gguf package", found=f"type {qtype}")
@@ -402,7 +403,7 @@ class GGUFFile(Checkpoint):
         unsupported = {}
         for name, entry in self._entries.items():
             if entry.qtype not in SUPPORTED_TYPES:
-                unsupported.setdefault(GGML_TYPES[entry.qtype][0], []).append(name)
+                unsupported.setdefault(ggml_types()[entry.qtype][0], []).append(name)
         if unsupported:
             found = "; ".join(f"{kind} for {summarize_keys(names, 3)}" for kind, names in unsupported.items())
             raise ModelFileError(self.path, f"stores tensors as GGUF types this pack cannot dequantize ({found})",
