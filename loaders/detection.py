@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import ModelFileError, summarize_keys
-from .readers import Checkpoint
+from .formats.checkpoint import Checkpoint
 
 DIFFUSION_MODEL = "diffusion_model"
 VAE = "vae"

@@ -16,11 +16,11 @@ import torch
 
 from ..model_defs.families import FamilySpec, family_spec
 from ..model_defs.ops import StandaloneOps
+from .checkpoints import Checkpoint, open_checkpoint
 from .detection import DIFFUSION_MODEL, Identity, find_component
 from .assign import check_shapes, module_shapes
 from .errors import ModelFileError
 from .quant.tensor import holds_quantized
-from .readers import Checkpoint, open_checkpoint
 
 
 @dataclass

@@ -7,6 +7,7 @@ wrong file from a damaged one without reading a traceback.
 from __future__ import annotations
 
 import os
+import reprlib
 
 
 class ModelFileError(ValueError):
@@ -37,3 +38,17 @@ def summarize_keys(keys, limit: int = 6) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple = 3, 6, 8, 8
+_BRIEF.maxstring, _BRIEF.maxlong, _BRIEF.maxother = 80, 40, 80
+
+
+def brief(value) -> str:
+    """A short repr for a message: names and values read from a damaged file can be of any size or depth."""
+    return _BRIEF.repr(value)
+
+
+def byte_count(n: int) -> str:
+    return f"{n} byte" if n == 1 else f"{n} bytes"

@@ -25,11 +25,11 @@ import torch
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.text_encoders import qwen25vl
 from .assign import assign_state_dict, check_shapes, module_shapes
+from .checkpoints import Checkpoint, open_checkpoint
 from .detection import TEXT_ENCODER, Identity, find_component
 from .errors import ModelFileError
 from .quant.ops import quantized_ops
 from .quant.tensor import holds_quantized
-from .readers import Checkpoint, open_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 # Parts of the file that are not the language model (kept on disk).

@@ -20,10 +20,10 @@ import torch
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.vae import QwenImageVAE, vae_config_from_shapes as qwen_vae_config
 from .assign import assign_state_dict, check_shapes, module_shapes
+from .checkpoints import Checkpoint, open_checkpoint
 from .detection import VAE, Identity, find_component
 from .errors import ModelFileError, summarize_keys
 from .keymaps import qwen_image_vae
-from .readers import Checkpoint, open_checkpoint
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,44 @@ def encode_qwen_prompts(text_encoder, prompts) -> torch.Tensor:
         embeds, _ = qwen25vl.encode_prompts(text_encoder.model, text_encoder.tokenizer, prompts, PROMPT_TEMPLATE,
                                             MAX_PROMPT_TOKENS, dtype=torch.float32)
     return embeds
+
+
+def fp8_variants(state: dict, folder: Path, name: str = "qwen") -> dict[str, tuple[Path, Path]]:
+    """FP8 files of `state` (a float state dict) as they are published or saved, each with a float32 file
+    holding exactly the values it stands for: {layout: (fp8 file, float32 file)}.
+
+    "plain": every floating tensor cast to FP8, no scales (value = the fp8 number), as
+        qwen_image_fp8_e4m3fn.safetensors;
+    "comfyui_scaled": what ComfyUI 0.3.64 saves for a scaled-FP8 model: the `scaled_fp8` marker, every
+        matrix FP8 with a scalar `scale_weight` (value = fp8 * scale) and a `scale_input` of 1, every Linear
+        bias FP8 without a scale of its own (ComfyUI casts it: value = the fp8 number), other 1-D tensors
+        in bf16.
+    """
+    from safetensors.torch import save_file
+
+    fp8 = torch.float8_e4m3fn
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = {k: v.to(fp8) for k, v in state.items()}
+    scaled, scaled_values = {"scaled_fp8": torch.empty(0, dtype=fp8)}, {}
+    for key, value in state.items():
+        layer = key.rsplit(".", 1)[0]
+        if value.ndim >= 2:
+            scale = (value.float().abs().amax() / torch.finfo(fp8).max).reshape(())
+            scaled[key] = (value.float() / scale).to(fp8)
+            scaled[f"{layer}.scale_weight"] = scale
+            scaled[f"{layer}.scale_input"] = torch.ones(())
+            scaled_values[key] = scaled[key].float() * scale
+        elif key.endswith(".bias"):
+            scaled[key] = value.to(fp8)
+            scaled_values[key] = scaled[key].float()
+        else:
+            scaled[key] = value.to(torch.bfloat16)
+            scaled_values[key] = scaled[key].float()
+    out = {}
+    for layout, tensors, values in (("plain", plain, {k: v.float() for k, v in plain.items()}),
+                                    ("comfyui_scaled", scaled, scaled_values)):
+        fp8_path, reference = folder / f"{name}_{layout}_fp8.safetensors", folder / f"{name}_{layout}_fp32.safetensors"
+        save_file(tensors, str(fp8_path))
+        save_file(values, str(reference))
+        out[layout] = (fp8_path, reference)
+    return out

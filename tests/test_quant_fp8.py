@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from comfyui_mmdit.loaders.checkpoints import open_checkpoint
 from comfyui_mmdit.loaders.errors import ModelFileError
-from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
-from comfyui_mmdit.loaders.readers import open_checkpoint
+from comfyui_mmdit.loaders.quant.tensor import FP8_SCALED, QuantizedTensor
 from comfyui_mmdit.tools.convert import convert
 from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict, write_safetensors
-from helpers import encode_qwen_prompts, load_and_run_dit
+from helpers import encode_qwen_prompts, fp8_variants, load_and_run_dit
 
 # Relative output error of the tiny transformer against its bf16 original. FP8 e4m3 keeps 3 mantissa
 # bits (~3% per weight); errors average out over each dot product. Measured ~0.12%; bound with margin.
@@ -67,6 +67,62 @@ def test_plain_fp8_file(files, tmp_path):
     model, out = load_and_run_dit(path)
     assert model.network.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("layout", ["plain", "comfyui_scaled"])
+def test_fp8_files_compute_exactly_the_values_they_stand_for(tmp_path, layout):
+    """Plain FP8 (value = the fp8 number) and the scaled FP8 layout ComfyUI 0.3.64 saves, whose Linear
+    biases are FP8 without a scale (ComfyUI casts them: value = the fp8 number): matrices stay FP8 as
+    QuantizedTensor, biases stay FP8, and the output equals a float32 model holding the same values."""
+    fp8_file, reference_file = fp8_variants(tiny_qwen_dit_state_dict(seed=4), tmp_path)[layout]
+    model, out = load_and_run_dit(fp8_file)
+    _, reference = load_and_run_dit(reference_file)
+    weights = dict(model.network.named_parameters())
+    to_q, bias = weights["transformer_blocks.0.attn.to_q.weight"], weights["transformer_blocks.0.attn.to_q.bias"]
+    assert isinstance(to_q, QuantizedTensor) and to_q.dtype == torch.float8_e4m3fn
+    assert (to_q.scale is None) == (layout == "plain")
+    assert bias.dtype == torch.float8_e4m3fn and not isinstance(bias, QuantizedTensor)
+    assert all(p.element_size() == 1 for n, p in weights.items() if n.endswith((".weight", ".bias")) and p.ndim >= 2)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_fp8_dequantizes_straight_to_the_compute_dtype():
+    data = torch.randn(64, 32).to(torch.float8_e5m2)
+    weight = QuantizedTensor(data, FP8_SCALED, data.shape)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        out = weight.dequantize(dtype)
+        assert out.dtype == dtype and torch.equal(out, data.to(dtype)) and torch.equal(out.float(), data.float())
+    assert torch.equal(weight.dequantize_rows(torch.tensor([3, 1]), torch.bfloat16), data[[3, 1]].to(torch.bfloat16))
+    assert weight.to(torch.float8_e5m2) is weight  # asking for its own dtype keeps it quantized
+    # ComfyUI's cast_to passes copy=: same values, a copy only when asked
+    assert torch.equal(weight.to(dtype=torch.float32, copy=False), data.float())
+    copied = weight.to(copy=True)
+    assert isinstance(copied, QuantizedTensor) and copied.data_ptr() != weight.data_ptr()
+
+
+@torch.no_grad()
+def test_plain_fp8_vae(tmp_path):
+    """FP8 conv kernels (QuantizedTensor without a scale) decode as a float32 VAE of the same values."""
+    from comfyui_mmdit.loaders.vae import load_vae
+    from comfyui_mmdit.tools.tiny_models import tiny_qwen_vae_state_dict
+
+    fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in tiny_qwen_vae_state_dict(seed=2).items()}
+    save_file(fp8, str(tmp_path / "vae_fp8.safetensors"))
+    save_file({k: v.float() for k, v in fp8.items()}, str(tmp_path / "vae_fp32.safetensors"))
+    ours, reference = load_vae(tmp_path / "vae_fp8.safetensors"), load_vae(tmp_path / "vae_fp32.safetensors")
+    assert all(p.element_size() == 1 for p in ours.module.parameters())
+    latent = torch.randn(1, 16, 1, 4, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours.module.decode(latent), reference.module.decode(latent), atol=1e-5, rtol=1e-5)
+
+
+def test_scaled_file_still_refuses_an_unscaled_fp8_matrix_but_not_a_bias(tmp_path):
+    fp8_file, _ = fp8_variants(tiny_qwen_dit_state_dict(seed=4), tmp_path)["comfyui_scaled"]
+    state = load_file(str(fp8_file))
+    assert state["img_in.bias"].dtype == torch.float8_e4m3fn and "img_in.scale_weight" in state
+    del state["img_in.scale_weight"]
+    save_file(state, str(tmp_path / "no_scale.safetensors"))
+    with pytest.raises(ModelFileError, match="1 FP8 weights have no scale tensor.*no scale for img_in.weight"):
+        open_checkpoint(tmp_path / "no_scale.safetensors")
 
 
 def _official_release(bf16, folder, weights_name="qwen_fp8.pt", map_name="qwen_fp8_map.pt"):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from comfyui_mmdit.loaders.checkpoints import TORCH_PICKLE_SUFFIXES
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
 from comfyui_mmdit.tools.workflow_ui import CORE_NODES, api_to_ui, is_widget, node_signature, ui_twin
-from comfyui_mmdit.loaders.readers import TORCH_PICKLE_SUFFIXES
 
 from helpers import ROOT
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..loaders.checkpoints import SAFETENSORS_DTYPES, open_checkpoint
 from ..loaders.detection import DIFFUSION_MODEL, TEXT_ENCODER, find_component, identify_all
 from ..loaders.errors import ModelFileError
 from ..loaders.quant.fp8 import FP8_DTYPES
 from ..loaders.quant.requant import fp8_with_scale
 from ..loaders.quant.tensor import is_quantized
-from ..loaders.readers import SAFETENSORS_DTYPES, open_checkpoint
 from ..model_defs.families import FAMILIES
 from .kquants import QK_K, QUANTIZERS as K_QUANTIZERS
 

@@ -1,17 +1,35 @@
-"""FP8 safetensors: fold each layer's scale tensors into its weight, so loaders see plain weight names.
+"""FP8 files: FP8 weights presented as QuantizedTensor (kept FP8 in memory, dequantized per layer), each
+with its scale folded in, scales and markers hidden, so loaders see plain weight names.
 
 Layouts read:
-* plain FP8: float8_e4m3fn / float8_e5m2 weights, no scales (cast at use, value = weight);
+* plain FP8 (no scales; the published qwen_image_fp8_e4m3fn.safetensors is one): value = the fp8 number.
+  FP8 tensors of 2 or more dimensions come out as QuantizedTensor without a scale, so every host keeps
+  them FP8 (on the CPU too) and dequantizes per layer; 1-D ones (biases, norms) stay plain FP8 tensors
+  that layers cast at use;
 * ComfyUI "scaled fp8": a root marker tensor `scaled_fp8`, and per layer `<layer>.scale_weight`
   (value = weight * scale_weight) and optionally `<layer>.scale_input` (an activation scale for fp8
-  matmuls; not needed to compute in bf16/fp32, dropped);
+  matmuls; not needed to compute in bf16/fp32, dropped). ComfyUI 0.3.64 itself saves such models with
+  every Linear bias in FP8 and no scale of its own (its scaled_fp8 ops build the whole Linear, bias
+  included, in the FP8 dtype, and cast the bias at use: value = the fp8 number); unscaled FP8 tensors of
+  fewer than 2 dimensions are read that way;
 * ComfyUI's newer mixed-precision files: per layer `<layer>.comfy_quant` (UTF-8 JSON as uint8, e.g.
   {"format": "float8_e4m3fn"}), `<layer>.weight_scale` and optionally `<layer>.input_scale`; layers
-  without comfy_quant stay in their stored precision.
+  without comfy_quant stay in their stored precision;
 * an official release (Tencent's HunyuanVideo / HunyuanImage FP8): a weights file `<name>.pt` (or
   .safetensors) of FP8 weights and beside it `<name>_map.pt` (or _map.safetensors), a dictionary from layer
   name (`double_blocks.0.img_attn_qkv`) to that layer's scale; value = weight * scale. The map is read
-  with `torch.load(weights_only=True)`, never full unpickling.
+  with `torch.load(weights_only=True)`, never full unpickling. As in the official code, a map entry for a
+  weight that is not FP8 is not applied.
+
+Checked, each failure a ModelFileError naming the file (all from the header, no tensor data read except
+the small comfy_quant records):
+* a scale in the file belongs to an FP8 weight the file holds, is floating point, and has 1 element or one
+  per output row of that weight; a layer has one scale, not two;
+* in a scaled file every FP8 tensor of 2 or more dimensions has a scale (ComfyUI writes one for every
+  Linear, so a missing one means a damaged file, and the weight alone would have the wrong magnitude);
+* comfy_quant records are small uint8 JSON objects with a supported string "format", for FP8 weights;
+* official maps hold one floating-point value per layer, for layers the weights file holds; an FP8 .pt
+  without its map is refused.
 """
 
 from __future__ import annotations
@@ -22,76 +40,120 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, summarize_keys
-from ..readers import Checkpoint
+from ..errors import ModelFileError, brief, summarize_keys
+from ..formats.checkpoint import Checkpoint
+from ..formats.open import open_file
 from .tensor import FP8_SCALED, QuantizedTensor
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
-DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
+RECORD_SUFFIX = ".comfy_quant"
+DROPPED_SUFFIXES = (".scale_input", ".input_scale", RECORD_SUFFIX)
 MARKERS = ("scaled_fp8",)
 SCALE_MAP_SUFFIX = "_map"  # <name>.pt -> <name>_map.pt, as the official inference code derives it
 SUPPORTED_COMFY_QUANT = ("float8_e4m3fn", "float8_e5m2")
+MAX_RECORD_BYTES = 4096  # a comfy_quant record is a few dozen bytes of JSON
+DAMAGED_HINT = "The file is damaged or incomplete, or was written by a converter this pack does not know."
 
 
 def _layer(key: str, suffix: str) -> str:
     return key[: -len(suffix)]
 
 
-class FP8ScaledView(Checkpoint):
-    """A checkpoint whose FP8 weights come out as QuantizedTensor(fp8 * scale), scales and markers hidden."""
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
-    format = "safetensors-fp8"
+
+def has_in_file_scales(checkpoint: Checkpoint) -> bool:
+    return any(k in MARKERS or k.endswith(SCALE_SUFFIXES + (RECORD_SUFFIX,)) for k in checkpoint.keys())
+
+
+class FP8View(Checkpoint):
+    """`inner` with its FP8 weights as QuantizedTensor: scaled by the file's own scale tensors, by an
+    official map (`scale_map`: weight key -> scale), or unscaled (a plain FP8 file)."""
 
     def __init__(self, inner: Checkpoint, scale_map: dict[str, torch.Tensor] | None = None):
         super().__init__(inner.path)
         self.inner = inner
+        self.format = f"{inner.format}-fp8"
         self.metadata = inner.metadata
         keys = inner.keys()
-        key_set = set(keys)
-        self._scales: dict[str, str] = {}  # weight key -> scale key in the file
+        self._scale_keys: dict[str, str] = {}  # weight key -> its scale's key in the file
         for key in keys:
             for suffix in SCALE_SUFFIXES:
                 if key.endswith(suffix):
-                    self._scales[_layer(key, suffix) + ".weight"] = key
-        self._external = dict(scale_map or {})
-        self._check_formats(keys)
-        hidden = {k for k in keys if k in MARKERS or k.endswith(SCALE_SUFFIXES + DROPPED_SUFFIXES)}
-        self._keys = [k for k in keys if k not in hidden]
-        marked = any(k in MARKERS or k.endswith(SCALE_SUFFIXES) for k in keys) or bool(self._external)
-        orphans = [k for k in self._scales if k not in key_set]
+                    weight = _layer(key, suffix) + ".weight"
+                    if weight in self._scale_keys:
+                        raise ModelFileError(self.path, f"has two scales for {weight}",
+                                             found=f"{self._scale_keys[weight]} and {key}", hint=DAMAGED_HINT)
+                    self._scale_keys[weight] = key
+        self._map_scales = dict(scale_map or {})
+        self.scaled = has_in_file_scales(inner) or bool(self._map_scales)
+        self._keys = [k for k in keys if not (k in MARKERS or k.endswith(SCALE_SUFFIXES + DROPPED_SUFFIXES))]
+        key_set = set(keys)
+        records = [k for k in keys if k.endswith(RECORD_SUFFIX)]
+        orphans = [w for w in self._scale_keys if w not in key_set]
+        orphans += [_layer(k, RECORD_SUFFIX) + ".weight" for k in records
+                    if _layer(k, RECORD_SUFFIX) + ".weight" not in key_set]
         if orphans:
             raise ModelFileError(self.path, f"has scales for {len(orphans)} weights it does not contain",
-                                 found=summarize_keys(orphans))
-        if marked:
-            # A scaled file whose fp8 weight has no scale would silently compute with the wrong magnitude.
-            unscaled = [k for k in self._keys if inner.dtype(k) in FP8_DTYPES
-                        and k not in self._scales and k not in self._external]
+                                 found=summarize_keys(orphans), hint=DAMAGED_HINT)
+        for weight, scale_key in self._scale_keys.items():
+            self._check_scale(weight, scale_key)
+        for key in records:
+            self._check_record(key)
+        if self.scaled:
+            unscaled = [k for k in self._keys if inner.dtype(k) in FP8_DTYPES and len(inner.shape(k)) >= 2
+                        and k not in self._scale_keys and k not in self._map_scales]
             if unscaled:
                 raise ModelFileError(
                     self.path, f"is a scaled FP8 file, but {len(unscaled)} FP8 weights have no scale tensor",
                     found=f"no scale for {summarize_keys(unscaled)}",
                     expected="a <layer>.scale_weight (or <layer>.weight_scale) beside every FP8 <layer>.weight",
-                    hint="The file is incomplete or was written by a converter this pack does not know.",
+                    hint=DAMAGED_HINT,
                 )
 
-    def _check_formats(self, keys) -> None:
-        for key in keys:
-            if not key.endswith(".comfy_quant"):
-                continue
-            try:
-                info = json.loads(bytes(self.inner.tensor(key).to(torch.uint8).tolist()).decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise ModelFileError(self.path, f"has an unreadable quantization record {key!r}") from None
-            if info.get("format") not in SUPPORTED_COMFY_QUANT:
-                raise ModelFileError(
-                    self.path, f"uses a quantization format this pack cannot compute ({_layer(key, '.comfy_quant')})",
-                    found=str(info.get("format")), expected=", ".join(SUPPORTED_COMFY_QUANT),
-                )
+    def _check_scale(self, weight: str, scale_key: str) -> None:
+        weight_dtype, weight_shape = self.inner.dtype(weight), self.inner.shape(weight)
+        if weight_dtype not in FP8_DTYPES:
+            raise ModelFileError(self.path, f"has a scale for {weight}, which is stored as "
+                                 f"{_dtype_name(weight_dtype)}, not FP8", found=scale_key, hint=DAMAGED_HINT)
+        scale_dtype, scale_shape = self.inner.dtype(scale_key), self.inner.shape(scale_key)
+        if not scale_dtype.is_floating_point:
+            raise ModelFileError(self.path, f"stores the scale {scale_key} as {_dtype_name(scale_dtype)}",
+                                 expected="a floating-point scale", hint=DAMAGED_HINT)
+        rows = weight_shape[0] if weight_shape else 1
+        if math.prod(scale_shape) != 1 and tuple(scale_shape) not in ((rows,), (rows, 1)):
+            raise ModelFileError(self.path, f"has a scale of the wrong shape for {weight}",
+                                 found=f"{scale_key} of shape {list(scale_shape)} for a weight of shape "
+                                       f"{list(weight_shape)}",
+                                 expected=f"one value, or one per output row ({rows})", hint=DAMAGED_HINT)
 
-    @staticmethod
-    def applies_to(checkpoint: Checkpoint) -> bool:
-        return any(k in MARKERS or k.endswith(SCALE_SUFFIXES + (".comfy_quant",)) for k in checkpoint.keys())
+    def _check_record(self, key: str) -> None:
+        layer = _layer(key, RECORD_SUFFIX)
+        dtype, shape = self.inner.dtype(key), self.inner.shape(key)
+        if dtype != torch.uint8 or len(shape) != 1 or shape[0] > MAX_RECORD_BYTES:
+            raise ModelFileError(self.path, f"has an unreadable quantization record {brief(key)}",
+                                 found=f"{_dtype_name(dtype)} of shape {list(shape)}",
+                                 expected=f"UTF-8 JSON as uint8, at most {MAX_RECORD_BYTES} bytes", hint=DAMAGED_HINT)
+        raw = self.inner.tensor(key).numpy().tobytes()
+        try:
+            info = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            info = None
+        if not isinstance(info, dict) or not isinstance(info.get("format"), str):
+            raise ModelFileError(self.path, f"has an unreadable quantization record {brief(key)}",
+                                 found=repr(raw[:80]), expected='a JSON object such as {"format": "float8_e4m3fn"}',
+                                 hint=DAMAGED_HINT)
+        if info["format"] not in SUPPORTED_COMFY_QUANT:
+            raise ModelFileError(
+                self.path, f"uses a quantization format this pack cannot compute ({layer})",
+                found=info["format"][:40], expected=", ".join(SUPPORTED_COMFY_QUANT),
+            )
+        weight_dtype = self.inner.dtype(layer + ".weight")
+        if weight_dtype not in FP8_DTYPES:
+            raise ModelFileError(self.path, f"records {layer}.weight as {info['format']}, but it is stored as "
+                                 f"{_dtype_name(weight_dtype)}", hint=DAMAGED_HINT)
 
     def keys(self):
         return self._keys
@@ -102,13 +164,21 @@ class FP8ScaledView(Checkpoint):
     def dtype(self, key):
         return self.inner.dtype(key)
 
+    def _scale(self, key: str) -> torch.Tensor | None:
+        scale_key = self._scale_keys.get(key)
+        scale = self.inner.tensor(scale_key) if scale_key else self._map_scales.get(key)
+        if scale is None:
+            return None
+        scale = scale.to(torch.float32)
+        return scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1)
+
     def tensor(self, key):
         data = self.inner.tensor(key)
-        scale_key = self._scales.get(key)
-        scale = self.inner.tensor(scale_key) if scale_key else self._external.get(key)
-        if scale is None or data.dtype not in FP8_DTYPES:
+        if data.dtype not in FP8_DTYPES:
             return data
-        scale = scale.to(torch.float32).reshape(-1) if scale.numel() > 1 else scale.to(torch.float32).reshape(())
+        scale = self._scale(key)
+        if scale is None and data.ndim < 2:
+            return data  # biases, norms: value = the fp8 number, cast by the layer at use
         return QuantizedTensor(data, FP8_SCALED, data.shape, scale=scale)
 
 
@@ -134,19 +204,27 @@ def looks_like_scale_map(checkpoint: Checkpoint) -> bool:
 
 def read_scale_map(path) -> dict[str, torch.Tensor]:
     """Layer name -> scale, returned keyed by the weight it scales (`<layer>.weight`)."""
-    from ..readers import open_file
-
     scale_map = open_file(path)
-    if not looks_like_scale_map(scale_map):
+    keys = scale_map.keys()
+    if not keys or any(k.endswith((".weight", ".bias")) for k in keys):
         raise ModelFileError(path, "is not an FP8 scale map",
-                             found=f"tensors such as {summarize_keys(scale_map.keys(), 3)}",
+                             found=f"tensors such as {summarize_keys(keys, 3)}" if keys else "no tensors",
                              expected="one scale per layer name, e.g. double_blocks.0.img_attn_qkv -> 0.0021")
-    return {f"{k}.weight": scale_map.tensor(k).reshape(()).to(torch.float32) for k in scale_map.keys()}
+    for key in keys:
+        shape, dtype = scale_map.shape(key), scale_map.dtype(key)
+        if math.prod(shape) != 1 or not dtype.is_floating_point:
+            raise ModelFileError(path, f"holds a scale of the wrong kind for layer {key}",
+                                 found=f"{_dtype_name(dtype)} of shape {list(shape)}",
+                                 expected="one floating-point value per layer", hint=DAMAGED_HINT)
+    return {f"{k}.weight": scale_map.tensor(k).reshape(()).to(torch.float32) for k in keys}
 
 
-def with_official_scale_map(checkpoint: Checkpoint) -> Checkpoint:
-    """Fold an official release's scale map into its FP8 weights file; refuse an FP8 .pt without one
+def with_fp8_scales(checkpoint: Checkpoint) -> Checkpoint:
+    """`checkpoint` with its FP8 weights as QuantizedTensor, scales from the file itself or from an official
+    release's map folded in; a checkpoint without FP8 tensors as it is. Refuses an FP8 .pt without its map
     (its weights alone are off by each layer's scale) and a map opened in place of the weights."""
+    if has_in_file_scales(checkpoint):
+        return FP8View(checkpoint)
     path = checkpoint.path
     if looks_like_scale_map(checkpoint):
         weights = path.with_name(path.name.replace(SCALE_MAP_SUFFIX + path.suffix, path.suffix))
@@ -164,10 +242,10 @@ def with_official_scale_map(checkpoint: Checkpoint) -> Checkpoint:
                 expected=f"the scale map {path.stem}{SCALE_MAP_SUFFIX}.pt beside it",
                 hint="Official FP8 releases ship the weights and a *_map.pt file; put both in the same folder.",
             )
-        return checkpoint  # plain FP8 safetensors: the weights are the values
+        return FP8View(checkpoint)  # plain FP8: the weights are the values
     scales = read_scale_map(map_path)
     unknown = [k for k in scales if k not in checkpoint]
     if unknown:
         raise ModelFileError(map_path, f"scales {len(unknown)} layers that {path.name} does not contain",
                              found=summarize_keys(unknown), hint="The map belongs to a different weights file.")
-    return FP8ScaledView(checkpoint, scale_map=scales)
+    return FP8View(checkpoint, scale_map=scales)

@@ -20,10 +20,11 @@ GGUF = "gguf"
 class QuantizedTensor(torch.Tensor):
     """Stored data plus what dequantization needs.
 
-    qformat: FP8_SCALED (value = fp8 * scale) or GGUF (value = gguf_dequant(bytes, qtype)).
+    qformat: FP8_SCALED (value = fp8 * scale, or the fp8 number itself when there is no scale) or GGUF
+        (value = gguf_dequant(bytes, qtype)).
     qtype: the GGML quantization type (GGUF), unused for FP8.
     logical_shape: the weight's shape as the network sees it (GGUF bytes are 1-D).
-    scale: float32 tensor (FP8): a scalar, or one value per output row.
+    scale: float32 tensor (FP8): a scalar, one value per output row, or None (plain FP8 files).
     """
 
     # Operations on the tensor return plain tensors; only the methods below keep the subclass.
@@ -53,6 +54,8 @@ class QuantizedTensor(torch.Tensor):
         if device is not None:
             data = data.to(device, non_blocking=True)
         if self.qformat == FP8_SCALED:
+            if self.scale is None:
+                return data.to(dtype)  # exact for any wider float (fp8 values fit bf16/fp16): no fp32 detour
             scale = self.scale.to(data.device, non_blocking=True)
             if scale.ndim == 1:
                 scale = scale.view(-1, *([1] * (data.ndim - 1)))
@@ -70,7 +73,9 @@ class QuantizedTensor(torch.Tensor):
         rows = rows.to(data.device)
         if self.qformat == FP8_SCALED:
             picked = data.index_select(0, rows)
-            scale = self.scale.index_select(0, rows) if self.scale.ndim == 1 else self.scale
+            scale = self.scale
+            if scale is not None and scale.ndim == 1:
+                scale = scale.index_select(0, rows)
             part = QuantizedTensor(picked, FP8_SCALED, (rows.numel(), width), scale=scale)
         else:
             picked = data.reshape(count, -1).index_select(0, rows)  # whole blocks per row
@@ -79,11 +84,12 @@ class QuantizedTensor(torch.Tensor):
 
     # --- what modules, state dicts and ComfyUI's memory manager do with parameters ----------------
     def to(self, *args, **kwargs):
+        copy = kwargs.pop("copy", False)  # ComfyUI's cast_to passes it; torch's argument parser refuses it
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
         if dtype is not None and dtype.is_floating_point and dtype != self.dtype:
             return self.dequantize(dtype, device)  # a floating dtype asks for the values
         if device is None or torch.device(device) == self.device:
-            return self
+            return self.clone() if copy else self
         scale = None if self.scale is None else self.scale.to(device, non_blocking=non_blocking)
         return self._rewrap(self.raw().to(device, non_blocking=non_blocking), scale)
 
@@ -112,7 +118,10 @@ class QuantizedTensor(torch.Tensor):
                                   None if self.scale is None else self.scale.clone()))
 
     def __repr__(self):
-        kind = f"GGUF type {self.qtype}" if self.qformat == GGUF else f"{self.dtype} x scale"
+        if self.qformat == GGUF:
+            kind = f"GGUF type {self.qtype}"
+        else:
+            kind = f"{self.dtype}" if self.scale is None else f"{self.dtype} x scale"
         return f"QuantizedTensor({kind}, shape {tuple(self.logical_shape)}, {self.nbytes} bytes, {self.device})"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ...loaders.readers import TORCH_PICKLE_SUFFIXES
+from ...loaders.formats.torch_pickle import TORCH_PICKLE_SUFFIXES
 from ...loaders.text_encoder import TokenizerPlace
 from ...model_defs.families import FamilySpec
 from ...model_defs.sampling import shifted_sigmas
