@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Command line: run a shipped workflow headless with the pack's own nodes, without ComfyUI.
 
-    python cli.py run workflows/api/qwen_image_t2i.api.json --models /path/to/ComfyUI/models
+    python cli.py run workflows/api/qwen_image_t2i.api.json [--models /path/to/ComfyUI/models]
     python cli.py ui-workflows            # regenerate workflows/*.json from workflows/api/*.api.json
     python cli.py convert qwen_image_bf16.safetensors qwen_image-Q4_0.gguf --type Q4_0
 
@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 RUN_EPILOG = """\
 environment:
-  MMDIT_MODELS_DIR  the models folder when --models is not given (default: ./models)
+  MMDIT_MODELS_DIR  the models folder when --models is not given (default: models/ in this repository)
   MMDIT_DEVICE      the device when --device is not given
   COMFYUI_PATH      a ComfyUI checkout: its Qwen2.5 tokenizer (comfy/text_encoders/qwen25_tokenizer/) is
                     used for a text encoder that has no tokenizer beside it
@@ -233,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", parents=[common], help="run an API-format workflow headless",
                                      epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run_parser.add_argument("workflow", help="an API-format workflow, e.g. workflows/api/qwen_image_t2i.api.json")
-    run_parser.add_argument("--models", default=os.environ.get("MMDIT_MODELS_DIR", "models"),
+    run_parser.add_argument("--models", default=os.environ.get("MMDIT_MODELS_DIR", str(ROOT / "models")),
                             help="a ComfyUI-style models folder (diffusion_models/, text_encoders/, vae/)")
     run_parser.add_argument("--output", default="output", help="where images are written")
     run_parser.add_argument("--device", default=None,

@@ -101,7 +101,6 @@ def ggml_types() -> dict[int, tuple[str, int, int]]:
     return {int(t): (t.name, *sizes) for t, sizes in gguf.GGML_QUANT_SIZES.items()}
 
 
-
 @dataclass(frozen=True)
 class Skipped:
     """A metadata value too large to be worth decoding (a tokenizer's vocabulary, say): stepped over."""
