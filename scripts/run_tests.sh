@@ -15,8 +15,8 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
     echo "ComfyUI integration tests: on ($COMFYUI_PATH)"
     bash tests/comfyui/setup_comfyui_env.sh "$COMFYUI_PATH"
 else
-    echo "ComfyUI integration tests: not run (set COMFYUI_PATH to a ComfyUI checkout to run them)"
-    selection+=(--ignore=tests/comfyui)
+    echo "ComfyUI integration and browser tests: not run (set COMFYUI_PATH to a ComfyUI checkout to run them)"
+    selection+=(--ignore=tests/comfyui --ignore=tests/browser)
 fi
 
 export OMP_WAIT_POLICY=PASSIVE  # idle torch threads busy-wait otherwise and stall the run

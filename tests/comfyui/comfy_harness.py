@@ -141,7 +141,7 @@ class ComfyServer:
     block) ends the server and its children.
     """
 
-    def __init__(self, startup_timeout: float = 180.0):
+    def __init__(self, startup_timeout: float = 180.0, front_end_root: Path | None = None):
         self.comfyui = require_comfyui()
         self.base_dir = Path(tempfile.mkdtemp(prefix="comfyui-mmdit-"))
         for sub in [f"models/{m}" for m in MODEL_FOLDERS] + ["custom_nodes", "input", "output", "temp", "user",
@@ -151,6 +151,8 @@ class ComfyServer:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.startup_timeout = startup_timeout
+        # The API needs no web UI; the browser tests pass the real frontend's static files.
+        self.front_end_root = front_end_root or self.base_dir / "frontend"
         self.log_path = self.base_dir / "server.log"
         self.process = None
 
@@ -160,7 +162,7 @@ class ComfyServer:
         command = [
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-auto-launch",
-            "--front-end-root", str(self.base_dir / "frontend"),  # no web UI needed: the API is enough
+            "--front-end-root", str(self.front_end_root),
             "--database-url", "sqlite:///:memory:",
         ]
         log = open(self.log_path, "w")

@@ -1,0 +1,42 @@
+// Drives ComfyUI's real web frontend in headless Chromium and prints what it saw, as JSON, for
+// test_frontend.py: the pack's editor extension, the MMDiT Empty Latent presets, and the shipped UI
+// workflow turned back into a prompt by the frontend itself.
+//   node frontend_check.mjs URL UI_WORKFLOW.json   (PLAYWRIGHT_DIR: a folder with playwright-core installed)
+import { createRequire } from "module";
+import fs from "fs";
+
+const [url, uiPath] = process.argv.slice(2);
+const { chromium } = createRequire(`${process.env.PLAYWRIGHT_DIR}/`)("playwright-core");
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const result = { pageErrors: [] };
+try {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => result.pageErrors.push(`${e.message}\n${e.stack}`));
+  await page.goto(url, { waitUntil: "networkidle", timeout: 90000 });
+  await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 90000 });
+  Object.assign(result, await page.evaluate(async (ui) => {
+    const out = {};
+    out.extensions = window.app.extensions.map((e) => e.name);
+    const node = window.LiteGraph.createNode("MMDiTEmptyLatent");
+    window.app.graph.add(node);
+    const widget = (name) => node.widgets.find((w) => w.name === name);
+    const size = () => [widget("aspect").value, widget("width").value, widget("height").value];
+    const pick = (name, value) => { widget(name).value = value; widget(name).callback?.(value); };
+    out.latentDefaults = size();
+    pick("aspect", "16:9");
+    out.latentAfterPreset = size();
+    pick("width", 1024);
+    out.latentAfterEdit = size();
+    window.app.graph.remove(node);
+    await window.app.loadGraphData(ui);
+    out.prompt = (await window.app.graphToPrompt()).output;
+    return out;
+  }, JSON.parse(fs.readFileSync(uiPath, "utf8"))));
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));

@@ -1,0 +1,78 @@
+"""The pack in ComfyUI's real web frontend, in headless Chromium: its editor extension loads and keeps MMDiT
+Empty Latent's width and height on the chosen preset, and every shipped UI workflow, loaded by the
+frontend and turned back into a prompt by it, is exactly its API twin (the file users share is the one
+the tests run).
+
+Needs what scripts/setup_browser_tests.sh prepares for a ComfyUI checkout (COMFYUI_PATH): the frontend
+version that release pins, playwright-core and Chromium; skipped without them.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "comfyui"))
+
+from comfy_harness import REPO, ComfyServer, comfyui_path  # noqa: E402
+
+from comfyui_mmdit.tools.workflow_ui import ui_twin  # noqa: E402
+
+PLAYWRIGHT_DIR = REPO / ".cache" / "playwright"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.api.json"))
+
+
+def frontend_root(comfyui: Path) -> Path | None:
+    """The static files of the frontend version the ComfyUI checkout pins, as the set-up script unpacks them."""
+    for line in (comfyui / "requirements.txt").read_text().splitlines():
+        if line.startswith("comfyui-frontend-package=="):
+            static = REPO / ".cache" / "frontend" / line.split("==")[1].strip() / "static"
+            return static if (static / "index.html").is_file() else None
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser_server():
+    comfyui = comfyui_path()
+    missing = [what for what, ok in [
+        ("COMFYUI_PATH", comfyui is not None),
+        ("the pinned frontend", comfyui is not None and frontend_root(comfyui) is not None),
+        ("node", shutil.which("node") is not None),
+        ("playwright-core", (PLAYWRIGHT_DIR / "node_modules" / "playwright-core").is_dir()),
+        ("Chromium", Path(CHROMIUM).is_file()),
+    ] if not ok]
+    if missing:
+        pytest.skip(f"browser tests need {', '.join(missing)}: run scripts/setup_browser_tests.sh COMFYUI_PATH")
+    server = ComfyServer(front_end_root=frontend_root(comfyui)).start()
+    yield server
+    server.stop()
+
+
+def frontend_run(server, ui_workflow: Path) -> dict:
+    result = subprocess.run(["node", str(HERE / "frontend_check.mjs"), server.url, str(ui_workflow)],
+                            capture_output=True, text=True, timeout=240,
+                            env=dict(os.environ, PLAYWRIGHT_DIR=str(PLAYWRIGHT_DIR), CHROMIUM=CHROMIUM))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.name)
+def test_shipped_workflow_and_editor_extension_in_the_real_frontend(browser_server, api_path):
+    seen = frontend_run(browser_server, ui_twin(api_path))
+    assert "ComfyUI-MMDiT.EmptyLatentPresets" in seen["extensions"]
+    assert seen["latentDefaults"] == ["1:1", 1328, 1328]
+    assert seen["latentAfterPreset"] == ["16:9", 1664, 928]  # picking a preset sets its size
+    assert seen["latentAfterEdit"] == ["custom (width x height)", 1024, 928]  # editing the size leaves it
+    api = json.loads(api_path.read_text())
+    prompt = seen["prompt"]
+    assert set(prompt) == set(api)
+    for node_id, node in api.items():
+        assert prompt[node_id]["class_type"] == node["class_type"]
+        assert prompt[node_id]["inputs"] == node["inputs"], node_id
+    assert not [e for e in seen["pageErrors"] if "mmdit" in e.lower()], seen["pageErrors"]
