@@ -30,7 +30,7 @@ class FamilySpec:
     default_steps: int
     default_cfg: float
     schedule: DynamicShiftSchedule  # the official pipeline's sigma schedule
-    common_shift: float  # the constant shift ComfyUI workflows use with the host's own schedulers
+    common_shift: float  # the constant shift ComfyUI workflows use; the standalone host's "simple" scheduler applies it
     # Guidance: combine(cond, uncond, scale) -> guided prediction (both in velocity or noise units, which
     # differ by the per-sample sigma factor, so any rule homogeneous in its inputs works in either).
     guidance: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
