@@ -1,9 +1,14 @@
-// ComfyUI-MMDiT editor helpers. MMDiT Empty Latent: picking a family's aspect preset sets width and height
-// to the preset's size, and editing width or height by hand switches the aspect to "custom", so the node
-// never shows a size it will not make. The sizes come from the node definition (option "mmdit_presets").
+// ComfyUI-MMDiT editor helpers.
+// - MMDiT Empty Latent: picking a family's aspect preset sets width and height to the preset's size, and
+//   editing width or height by hand switches the aspect to "custom", so the node never shows a size it will
+//   not make. The sizes come from the node definition (option "mmdit_presets").
+// - Workflows saved before the sampler lost its shift widget (and its 0-means-default values) open with
+//   the values they meant, and an old latent preset keeps the size it made.
 import { app } from "../../scripts/app.js";
 
 const CUSTOM = "custom (width x height)";
+// MMDiT Sampler's widgets before the change, in order (the seed's control widget follows the seed).
+const OLD_SAMPLER_WIDGETS = ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "shift", "denoise"];
 
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
@@ -18,31 +23,72 @@ function afterCallback(w, action) {
   };
 }
 
+function afterMethod(nodeType, method, action) {
+  const original = nodeType.prototype[method];
+  nodeType.prototype[method] = function () {
+    const result = original?.apply(this, arguments);
+    action.apply(this, arguments);
+    return result;
+  };
+}
+
+function setupEmptyLatent(nodeType, nodeData) {
+  const presets = nodeData.input?.required?.aspect?.[1]?.mmdit_presets ?? {};
+  const parts = (node) => ["family", "aspect", "width", "height"].map((n) => widget(node, n));
+  const presetSize = (node) => {
+    const [family, aspect] = parts(node);
+    return presets[family?.value]?.[aspect?.value];
+  };
+  const applyPreset = (node) => {
+    const [, , width, height] = parts(node);
+    const size = presetSize(node);
+    if (size && width && height) [width.value, height.value] = size;
+    node.setDirtyCanvas?.(true, true);
+  };
+  afterMethod(nodeType, "onNodeCreated", function () {
+    const [family, aspect, width, height] = parts(this);
+    if (!family || !aspect || !width || !height) return;
+    const leavePreset = () => {
+      const size = presetSize(this);
+      if (size && (width.value !== size[0] || height.value !== size[1])) aspect.value = CUSTOM;
+    };
+    afterCallback(family, () => applyPreset(this));
+    afterCallback(aspect, () => applyPreset(this));
+    afterCallback(width, leavePreset);
+    afterCallback(height, leavePreset);
+  });
+  // Older workflows could hold a preset beside other sizes; the preset is what they made.
+  afterMethod(nodeType, "onConfigure", function () {
+    applyPreset(this);
+  });
+}
+
+function setupSampler(nodeType, nodeData) {
+  const required = nodeData.input?.required ?? {};
+  afterMethod(nodeType, "onConfigure", function (info) {
+    const values = info?.widgets_values;
+    if (!Array.isArray(values) || values.length !== OLD_SAMPLER_WIDGETS.length) return;
+    const old = Object.fromEntries(OLD_SAMPLER_WIDGETS.map((name, i) => [name, values[i]]));
+    const meant = {
+      ...old,
+      steps: old.steps || required.steps?.[1]?.default,  // 0 meant the family's value
+      cfg: old.cfg || required.cfg?.[1]?.default,
+      scheduler: old.scheduler === "family default" ? "official" : old.scheduler,
+    };
+    for (const w of this.widgets ?? []) {
+      if (w.name in meant && meant[w.name] !== undefined) w.value = meant[w.name];
+    }
+    if (old.shift) {
+      console.warn(`MMDiT Sampler: this workflow set shift ${old.shift}; ComfyUI's schedulers now take the ` +
+                   "MODEL's shift: add ModelSamplingAuraFlow with that value before the sampler.");
+    }
+  });
+}
+
 app.registerExtension({
   name: "ComfyUI-MMDiT.EmptyLatentPresets",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "MMDiTEmptyLatent") return;
-    const presets = nodeData.input?.required?.aspect?.[1]?.mmdit_presets ?? {};
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
-      const [family, aspect, width, height] = ["family", "aspect", "width", "height"].map((n) => widget(this, n));
-      if (!family || !aspect || !width || !height) return result;
-      const presetSize = () => presets[family.value]?.[aspect.value];
-      const applyPreset = () => {
-        const size = presetSize();
-        if (size) [width.value, height.value] = size;
-        this.setDirtyCanvas?.(true, true);
-      };
-      const leavePreset = () => {
-        const size = presetSize();
-        if (size && (width.value !== size[0] || height.value !== size[1])) aspect.value = CUSTOM;
-      };
-      afterCallback(family, applyPreset);
-      afterCallback(aspect, applyPreset);
-      afterCallback(width, leavePreset);
-      afterCallback(height, leavePreset);
-      return result;
-    };
+    if (nodeData.name === "MMDiTEmptyLatent") setupEmptyLatent(nodeType, nodeData);
+    if (nodeData.name === "MMDiTSampler") setupSampler(nodeType, nodeData);
   },
 });

@@ -1,11 +1,11 @@
 // Drives ComfyUI's real web frontend in headless Chromium and prints what it saw, as JSON, for
-// test_frontend.py: the pack's editor extension, the MMDiT Empty Latent presets, and the shipped UI
-// workflow turned back into a prompt by the frontend itself.
-//   node frontend_check.mjs URL UI_WORKFLOW.json   (PLAYWRIGHT_DIR: a folder with playwright-core installed)
+// test_frontend.py: the pack's editor extension, the MMDiT Empty Latent presets, and UI workflows turned
+// back into prompts by the frontend itself.
+//   node frontend_check.mjs URL UI_WORKFLOW.json...   (PLAYWRIGHT_DIR: a folder with playwright-core installed)
 import { createRequire } from "module";
 import fs from "fs";
 
-const [url, uiPath] = process.argv.slice(2);
+const [url, ...uiPaths] = process.argv.slice(2);
 const { chromium } = createRequire(`${process.env.PLAYWRIGHT_DIR}/`)("playwright-core");
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -18,7 +18,7 @@ try {
   page.on("pageerror", (e) => result.pageErrors.push(`${e.message}\n${e.stack}`));
   await page.goto(url, { waitUntil: "networkidle", timeout: 90000 });
   await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 90000 });
-  Object.assign(result, await page.evaluate(async (ui) => {
+  Object.assign(result, await page.evaluate(async (workflows) => {
     const out = {};
     out.extensions = window.app.extensions.map((e) => e.name);
     const node = window.LiteGraph.createNode("MMDiTEmptyLatent");
@@ -32,10 +32,13 @@ try {
     pick("width", 1024);
     out.latentAfterEdit = size();
     window.app.graph.remove(node);
-    await window.app.loadGraphData(ui);
-    out.prompt = (await window.app.graphToPrompt()).output;
+    out.prompts = [];
+    for (const workflow of workflows) {
+      await window.app.loadGraphData(workflow);
+      out.prompts.push((await window.app.graphToPrompt()).output);
+    }
     return out;
-  }, JSON.parse(fs.readFileSync(uiPath, "utf8"))));
+  }, uiPaths.map((path) => JSON.parse(fs.readFileSync(path, "utf8")))));
 } finally {
   await browser.close();
 }

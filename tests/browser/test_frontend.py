@@ -54,12 +54,19 @@ def browser_server():
     server.stop()
 
 
-def frontend_run(server, ui_workflow: Path) -> dict:
-    result = subprocess.run(["node", str(HERE / "frontend_check.mjs"), server.url, str(ui_workflow)],
+def frontend_run(server, *ui_workflows: Path) -> dict:
+    result = subprocess.run(["node", str(HERE / "frontend_check.mjs"), server.url, *map(str, ui_workflows)],
                             capture_output=True, text=True, timeout=240,
                             env=dict(os.environ, PLAYWRIGHT_DIR=str(PLAYWRIGHT_DIR), CHROMIUM=CHROMIUM))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_prompt_is(prompt: dict, api: dict) -> None:
+    assert set(prompt) == set(api)
+    for node_id, node in api.items():
+        assert prompt[node_id]["class_type"] == node["class_type"]
+        assert prompt[node_id]["inputs"] == node["inputs"], node_id
 
 
 @pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.name)
@@ -69,10 +76,13 @@ def test_shipped_workflow_and_editor_extension_in_the_real_frontend(browser_serv
     assert seen["latentDefaults"] == ["1:1", 1328, 1328]
     assert seen["latentAfterPreset"] == ["16:9", 1664, 928]  # picking a preset sets its size
     assert seen["latentAfterEdit"] == ["custom (width x height)", 1024, 928]  # editing the size leaves it
-    api = json.loads(api_path.read_text())
-    prompt = seen["prompt"]
-    assert set(prompt) == set(api)
-    for node_id, node in api.items():
-        assert prompt[node_id]["class_type"] == node["class_type"]
-        assert prompt[node_id]["inputs"] == node["inputs"], node_id
+    assert_prompt_is(seen["prompts"][0], json.loads(api_path.read_text()))
     assert not [e for e in seen["pageErrors"] if "mmdit" in e.lower()], seen["pageErrors"]
+
+
+def test_a_workflow_saved_before_the_sampler_changed_opens_with_the_values_it_meant(browser_server):
+    """The shipped workflow as saved before: the sampler had a shift widget and 0 meant the family's value
+    (steps, CFG, shift; scheduler 'family default'), and the latent showed 1328x1328 beside its 16:9 preset.
+    Opened now, it is the same prompt as the shipped workflow of today (which makes the same image)."""
+    seen = frontend_run(browser_server, HERE / "legacy_qwen_image_t2i.json")
+    assert_prompt_is(seen["prompts"][0], json.loads((REPO / "workflows" / "api" / "qwen_image_t2i.api.json").read_text()))
