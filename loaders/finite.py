@@ -9,6 +9,8 @@ which step and what to change.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .errors import ModelFileError, summarize_keys
@@ -37,12 +39,14 @@ def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
     return bad
 
 
-def check_finite(output: torch.Tensor, module: torch.nn.Module, path, what: str, where: str = "",
-                 remedy: str = "") -> torch.Tensor:
+def check_finite(output: torch.Tensor, module: torch.nn.Module, path, what: str,
+                 where: str | Callable[[], str] = "", remedy: str = "") -> torch.Tensor:
     """`output` if it is finite; otherwise raise, naming the tensors of `module` (loaded from `path`) that
-    hold NaN/Inf, or saying the computation overflowed `where` (e.g. "at step 3 of 20") and the `remedy`."""
+    hold NaN/Inf, or saying the computation overflowed `where` (e.g. "at step 3 of 20") and the `remedy`.
+    `where` may be a function, called only on failure (finding the step can cost a device sync)."""
     if is_finite(output):
         return output
+    where = where() if callable(where) else where
     bad = nonfinite_tensors(module)
     if bad:
         raise ModelFileError(

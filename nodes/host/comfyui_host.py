@@ -75,8 +75,9 @@ def _with_diffusion_model_wrappers(network_class: type) -> type:
             out = comfy.patcher_extension.WrapperExecutor.new_class_executor(call, self, wrappers).execute(
                 *args, transformer_options=transformer_options, **kwargs
             )
-            where = f"{_sampling_step(transformer_options)} ({out.dtype})".strip()
-            return check_finite(out, self, self.source_path, "diffusion model", where, OVERFLOW_REMEDY)
+            return check_finite(out, self, self.source_path, "diffusion model",
+                                lambda: f"{_sampling_step(transformer_options)} ({out.dtype})".strip(),
+                                OVERFLOW_REMEDY)
 
     Wrapped.__name__ = Wrapped.__qualname__ = network_class.__name__
     return Wrapped
