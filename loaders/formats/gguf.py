@@ -9,7 +9,7 @@ Checked, each failure a ModelFileError naming the file:
   `general.alignment` (default 32) a uint32 power of two; `general.architecture` a string;
 * tensor infos: unique UTF-8 names, at most MAX_DIMS dimensions, a GGML type we know the block layout of,
   rows that fill whole blocks;
-* the tensors tile the data section exactly (as gguf-py's GGUFWriter and llama.cpp write it): the data
+* the tensors tile the data section exactly (tiling.py; as gguf-py's GGUFWriter and llama.cpp write it): the data
   section starts at the header's end aligned up; sorted by offset, the tensors start at 0 and each next one
   at the previous end aligned up, each of the byte size its type and shape require; the file ends at the
   last end aligned up (or exactly at the last end). No overlap, no gap, nothing extra;
@@ -40,10 +40,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, brief, byte_count, summarize_keys
+from ..errors import ModelFileError, brief, summarize_keys
 from ..gguf_dequant import BLOCKS, NAMES, PLAIN_DTYPES, SUPPORTED_TYPES
 from ..quant.tensor import GGUF, QuantizedTensor
 from .checkpoint import Checkpoint, MappedFile, element_count
+from .tiling import align_up, check_tiling
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -130,10 +131,6 @@ class Header:
 def _unreadable(path, problem: str, found: str | None = None, expected: str | None = None) -> ModelFileError:
     return ModelFileError(path, f"is not a readable GGUF file: {problem}", found=found, expected=expected,
                           hint=DAMAGED_HINT)
-
-
-def align_up(offset: int, alignment: int) -> int:
-    return -(-offset // alignment) * alignment
 
 
 class _Parser:
@@ -278,7 +275,8 @@ def _parse(path: Path, buf, size: int) -> Header:
         offset = p.scalar("Q", what, "the offset of ")
         tensors.append(TensorInfo(name, dims, qtype, offset, _nbytes(path, name, dims, qtype, size)))
     data_start = align_up(p.pos, alignment)
-    _check_tiling(path, tensors, alignment, data_start, size)
+    check_tiling(path, [(t.name, t.offset, t.nbytes) for t in tensors], size - data_start, DAMAGED_HINT,
+                 alignment)
     return Header(version, metadata, value_types, tensors, data_start)
 
 
@@ -307,39 +305,6 @@ def _nbytes(path, name: str, dims: tuple[int, ...], qtype: int, file_size: int) 
         raise _unreadable(path, f"tensor {brief(name)} declares more data than the file holds",
                           found=f"dimensions {list(dims)} of {type_name} in a {file_size}-byte file")
     return count // block * type_size
-
-
-def _check_tiling(path, tensors: list[TensorInfo], alignment: int, data_start: int, file_size: int) -> None:
-    cursor, end, previous = 0, 0, None
-    for info in sorted(tensors, key=lambda t: (t.offset, t.nbytes)):
-        if info.offset != cursor:
-            if info.offset < cursor:
-                where = (f"tensor {brief(info.name)} starts at byte {info.offset} of the data section, "
-                         f"inside {brief(previous)}")
-            else:
-                after = f"tensor {brief(previous)}" if previous is not None else "the start of the data section"
-                where = (f"tensor {brief(info.name)} starts at byte {info.offset} of the data section, "
-                         f"{byte_count(info.offset - cursor)} after the end of {after} (aligned to {alignment})")
-            raise ModelFileError(path, "has overlapping or misplaced tensors (its tensors must fill the data "
-                                 "section one after another)", found=where, hint=DAMAGED_HINT)
-        end = info.offset + info.nbytes
-        cursor, previous = align_up(end, alignment), info.name
-    data_size = file_size - data_start
-    if data_size < end:
-        raise ModelFileError(
-            path, "is truncated", found=f"{file_size} bytes",
-            expected=f"{data_start + end} bytes as its header declares ({byte_count(end - data_size)} missing)",
-            hint="The download was probably cut short; download the file again.",
-        )
-    if data_size > cursor:
-        raise ModelFileError(path, "has data its header does not account for",
-                             found=f"{data_size} bytes of tensor data",
-                             expected=f"{cursor} bytes as its header declares ({byte_count(data_size - cursor)} extra)",
-                             hint=DAMAGED_HINT)
-    if end < data_size < cursor:
-        raise ModelFileError(path, "ends inside the padding after its last tensor",
-                             found=f"{data_size} bytes of tensor data", expected=f"{end} or {cursor} bytes",
-                             hint=DAMAGED_HINT)
 
 
 def transformers_name(name: str) -> str:

@@ -6,7 +6,7 @@ Checked before any tensor is touched, each failure a ModelFileError naming the f
 * `__metadata__`, when present, maps strings to strings;
 * every other entry is an object with a known `dtype` name, a `shape` list of non-negative integers and
   `data_offsets` of two integers begin <= end, where (elements x element size) == end - begin;
-* the tensors tile the data section exactly, as the format requires: sorted by offset the first starts at
+* the tensors tile the data section exactly (tiling.py), as the format requires: sorted by offset the first starts at
   0, each starts where the previous ends (no gap, no overlap), and the last ends at the end of the file.
   Zero-size tensors (a 0 in the shape, e.g. ComfyUI's `scaled_fp8` marker) have empty ranges [x, x].
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, brief, byte_count
+from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint, MappedFile, element_count
+from .tiling import check_tiling
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -111,7 +112,8 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str], int]:
     metadata = _metadata(path, header.pop(METADATA_KEY, None))
     data_start = 8 + header_len
     entries = {key: _entry(path, key, value, size - data_start) for key, value in header.items()}
-    _check_tiling(path, entries, size - data_start)
+    check_tiling(path, [(key, e.begin, e.end - e.begin) for key, e in entries.items()], size - data_start,
+                 DAMAGED_HINT)
     return entries, metadata, data_start
 
 
@@ -177,27 +179,3 @@ def _entry(path, key: str, value, data_size: int) -> Entry:
                                    f"{end - begin} bytes",
                              hint=DAMAGED_HINT)
     return Entry(dtype, tuple(shape), begin, end)
-
-
-def _check_tiling(path, entries: dict[str, Entry], data_size: int) -> None:
-    end, previous = 0, None
-    for key, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
-        if entry.begin != end:
-            where = (f"tensor {brief(key)} starts at byte {entry.begin} of the data section, "
-                     + (f"inside tensor {brief(previous)} (which ends at {end})" if entry.begin < end else
-                        f"leaving {byte_count(entry.begin - end)} unused after "
-                        + (f"tensor {brief(previous)}" if previous is not None else "the header")))
-            raise ModelFileError(path, "has overlapping or misplaced tensors (its tensors must fill the data "
-                                 "section one after another)", found=where, hint=DAMAGED_HINT)
-        end, previous = entry.end, key
-    if end > data_size:
-        raise ModelFileError(
-            path, "is truncated", found=f"{data_size} bytes of tensor data",
-            expected=f"{end} bytes as its header declares ({byte_count(end - data_size)} missing)",
-            hint="The download was probably cut short; download the file again.",
-        )
-    if end < data_size:
-        raise ModelFileError(path, "has data its header does not account for",
-                             found=f"{data_size} bytes of tensor data",
-                             expected=f"{end} bytes as its header declares ({byte_count(data_size - end)} extra)",
-                             hint=DAMAGED_HINT)
