@@ -10,23 +10,15 @@ is touched; each format module says what it checks.
 
 from __future__ import annotations
 
-import torch
-
 from .formats.checkpoint import Checkpoint
 from .formats.open import open_file
 from .formats.safetensors import SAFETENSORS_DTYPES
-from .formats.torch_pickle import TORCH_PICKLE_SUFFIXES
 from .quant.fp8 import with_fp8_scales
 
-__all__ = ["Checkpoint", "SAFETENSORS_DTYPES", "TORCH_PICKLE_SUFFIXES", "load_state_dict", "open_checkpoint",
-           "open_file"]
+__all__ = ["Checkpoint", "SAFETENSORS_DTYPES", "open_checkpoint", "open_file"]
 
 
 def open_checkpoint(path) -> Checkpoint:
     """A model file, a sharded index, or a folder holding one of those, FP8 scales folded in."""
     return with_fp8_scales(open_file(path))
 
-
-def load_state_dict(checkpoint: Checkpoint, keys=None) -> dict[str, torch.Tensor]:
-    """Memory-mapped tensors for `keys` (all by default); nothing is copied until a tensor is used."""
-    return {k: checkpoint.tensor(k) for k in (checkpoint.keys() if keys is None else keys)}

@@ -60,13 +60,6 @@ def plan_model_files(workflow: dict, node_classes: dict, models_dir: Path) -> Mo
     return plan
 
 
-def missing_model_files(workflow: dict, node_classes: dict, models_dir: Path):
-    """(missing, needed): lists of (folder, name); a folder alias (unet, clip) counts as the folder."""
-    plan = plan_model_files(workflow, node_classes, models_dir)
-    needed = [(f.folder, f.name) for f in model_file_inputs(workflow, node_classes)]
-    return [(f.folder, f.name) for f in plan.missing], needed
-
-
 def prepare_demo_models(workflow: dict, node_classes: dict, demo_dir: Path, only=None) -> Path:
     """Write tiny random-weight files under the names the workflow uses (only those in `only`, a list of
     ModelFile, when given), into demo_dir; returns demo_dir."""
