@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from comfyui_mmdit.loaders.checkpoints import TORCH_PICKLE_SUFFIXES
+from comfyui_mmdit.loaders.formats.open import MODEL_FILE_SUFFIXES
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
-from comfyui_mmdit.tools.workflow_ui import CORE_NODES, api_to_ui, is_widget, node_signature, ui_twin
+from comfyui_mmdit.nodes.host.workflow_runner import CORE_NODES
+from comfyui_mmdit.tools.workflow_ui import api_to_ui, is_widget, node_signature, ui_twin
 
 from helpers import ROOT
 
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
 # workflows/*.json: the UI format only, since ComfyUI offers every JSON file there as a template.
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf") + TORCH_PICKLE_SUFFIXES
 
 
 def test_there_are_workflows_and_each_has_a_ui_twin():
@@ -27,7 +27,7 @@ def check_value(class_type: str, name: str, spec, value):
     options = spec[1] if len(spec) > 1 else {}
     where = f"{class_type}.{name} = {value!r}"
     if name in getattr(NODE_CLASS_MAPPINGS.get(class_type), "FILE_INPUTS", {}):
-        assert isinstance(value, str) and (value.endswith(MODEL_SUFFIXES) or "/" in value), where
+        assert isinstance(value, str) and (value.endswith(MODEL_FILE_SUFFIXES) or "/" in value), where
     elif isinstance(kind, (list, tuple)):
         assert value in kind, f"{where} is not one of {kind}"
     elif kind == "INT":
@@ -50,7 +50,7 @@ def test_api_workflow(path):
         assert class_type in NODE_CLASS_MAPPINGS or class_type in CORE_NODES, f"unknown node {class_type}"
         cls = NODE_CLASS_MAPPINGS.get(class_type)
         inputs, _ = node_signature(class_type, NODE_CLASS_MAPPINGS)
-        required = cls.INPUT_TYPES()["required"] if cls else CORE_NODES[class_type]["input"]["required"]
+        required = (cls or CORE_NODES[class_type]).INPUT_TYPES()["required"]
         assert not (set(required) - set(node["inputs"])), f"node {node_id} misses required inputs"
         assert not (set(node["inputs"]) - set(inputs)), f"node {node_id} has unknown inputs"
         for name, value in node["inputs"].items():

@@ -27,11 +27,14 @@ import torch
 from ..loaders.checkpoints import SAFETENSORS_DTYPES, open_checkpoint
 from ..loaders.detection import DIFFUSION_MODEL, TEXT_ENCODER, find_component, identify_all
 from ..loaders.errors import ModelFileError
+from ..loaders.formats.open import MODEL_FILE_SUFFIXES
 from ..loaders.quant.fp8 import FP8_DTYPES
 from ..loaders.quant.requant import fp8_with_scale
 from ..loaders.quant.tensor import is_quantized
 from ..model_defs.families import FAMILIES
 from .kquants import QK_K, QUANTIZERS as K_QUANTIZERS
+
+WEIGHT_FILE_SUFFIXES = MODEL_FILE_SUFFIXES + (".safetensors.index.json",)
 
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
 FP8_SCALED = "fp8_scaled"
@@ -114,12 +117,10 @@ def copy_tokenizer(source, target) -> Path | None:
     copy = Path(target).parent / f"{Path(target).stem}_tokenizer"
     copy.mkdir(parents=True, exist_ok=True)
     for file in found.iterdir():
-        if file.is_file() and not file.name.lower().endswith(WEIGHT_SUFFIXES):  # a model folder holds weights too
+        if file.is_file() and not file.name.lower().endswith(WEIGHT_FILE_SUFFIXES):  # a model folder holds weights too
             shutil.copy2(file, copy / file.name)
     return copy
 
-
-WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".gguf", ".bin", ".pt", ".pth", ".ckpt")
 
 
 # --- GGUF ------------------------------------------------------------------------------------------------

@@ -9,17 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-# The core ComfyUI nodes the shipped workflows use, with their signatures (ComfyUI's own, unchanged
-# since 2023), so workflows can be generated and checked without ComfyUI installed.
-CORE_NODES = {
-    "SaveImage": {
-        "input": {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
-        "output": [],
-    },
-    "PreviewImage": {"input": {"required": {"images": ("IMAGE",)}}, "output": []},
-}
-
+from ..nodes.host.workflow_check import WIDGET_TYPES
+from ..nodes.host.workflow_runner import CORE_NODES
 
 def ui_twin(api_path) -> Path:
     """workflows/api/NAME.api.json -> workflows/NAME.json"""
@@ -33,16 +24,13 @@ def is_widget(spec) -> bool:
 
 
 def node_signature(class_type: str, node_classes: dict) -> tuple[dict, list[str]]:
-    """(ordered inputs {name: spec}, output types) of a node class."""
-    if class_type in node_classes:
-        cls = node_classes[class_type]
-        types = cls.INPUT_TYPES()
-        inputs = {**types.get("required", {}), **types.get("optional", {})}
-        return inputs, list(cls.RETURN_TYPES)
-    if class_type in CORE_NODES:
-        core = CORE_NODES[class_type]
-        return {**core["input"]["required"], **core["input"].get("optional", {})}, core["output"]
-    raise KeyError(f"unknown node type {class_type}")
+    """(ordered inputs {name: spec}, output types) of a node class: the pack's, or one of the core output
+    nodes the shipped workflows end in."""
+    cls = node_classes.get(class_type) or CORE_NODES.get(class_type)
+    if cls is None:
+        raise KeyError(f"unknown node type {class_type}")
+    types = cls.INPUT_TYPES()
+    return {**types.get("required", {}), **types.get("optional", {})}, list(cls.RETURN_TYPES)
 
 
 def widget_values(inputs: dict, values: dict) -> list:

@@ -371,7 +371,7 @@ class GGUFFile(Checkpoint):
         if unsupported:
             found = "; ".join(f"{kind} for {summarize_keys(names, 3)}" for kind, names in unsupported.items())
             raise ModelFileError(self.path, f"stores tensors as GGUF types this pack cannot dequantize ({found})",
-                                 expected="F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K-Q6_K, IQ4_NL or IQ4_XS")
+                                 expected=", ".join(NAMES[t] for t in sorted(SUPPORTED_TYPES)))
 
     def keys(self):
         return list(self._entries)

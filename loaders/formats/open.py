@@ -15,6 +15,9 @@ from .safetensors import SafetensorsFile
 from .sharded import ShardedCheckpoint
 from .torch_pickle import TORCH_PICKLE_SUFFIXES, TorchPickleFile
 
+# What a models folder lists as model files (a sharded index names its shards, which are .safetensors).
+MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".gguf") + TORCH_PICKLE_SUFFIXES
+
 
 def open_file(path) -> Checkpoint:
     """A file, a sharded index, or a folder holding one of those; tensors exactly as stored."""

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ...loaders.formats.torch_pickle import TORCH_PICKLE_SUFFIXES
+from ...loaders.formats.open import MODEL_FILE_SUFFIXES
 from ...loaders.text_encoder import TokenizerPlace
 from ...model_defs.families import FamilySpec
 from ...model_defs.sampling import shifted_sigmas
 from .progress import StderrProgress
 
-MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf") + TORCH_PICKLE_SUFFIXES
 # ComfyUI's folder names, with the older aliases it also reads.
 FOLDERS = {
     "diffusion_models": ("diffusion_models", "unet"),
@@ -105,7 +104,7 @@ class StandaloneHost:
         names = []
         for folder in self._folders(kind):
             for path in sorted(folder.rglob("*")):
-                if path.is_file() and path.name.lower().endswith(MODEL_SUFFIXES):
+                if path.is_file() and path.name.lower().endswith(MODEL_FILE_SUFFIXES):
                     names.append(path.relative_to(folder).as_posix())
                 elif path.is_dir() and (path / "config.json").exists():
                     names.append(path.relative_to(folder).as_posix())  # a Hugging Face model folder
