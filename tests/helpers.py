@@ -24,6 +24,16 @@ def manifest_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v) for k, v in manifest(name)["tensors"].items()}
 
 
+def write_tiny_model_set(root: Path, diffusion_model: str, text_encoder: str, vae: str) -> Path:
+    """Tiny random-weight Qwen-Image files under root/diffusion_models, root/text_encoders (with a tokenizer
+    beside it) and root/vae, as a models folder holds them; returns root."""
+    from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+    for folder, name in (("diffusion_models", diffusion_model), ("text_encoders", text_encoder), ("vae", vae)):
+        write_tiny_component(folder, Path(root) / folder / name)
+    return Path(root)
+
+
 def load_and_run_dit(path):
     """A diffusion-model file loaded by the standalone host on the CPU, and its output for fixed inputs
     (one latent of 8x12, six text tokens, sigma 0.5): (model, output)."""

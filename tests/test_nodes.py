@@ -14,17 +14,15 @@ from comfyui_mmdit.nodes.sampler import schedule
 from comfyui_mmdit.model_defs.families import QWEN_IMAGE
 from comfyui_mmdit.tools.tiny_models import write_tiny_component
 
-from helpers import ROOT
+from helpers import ROOT, write_tiny_model_set
 
 QWEN = family.DISPLAY_NAME
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_component("diffusion_models", root / "diffusion_models" / "tiny.safetensors")
-    write_tiny_component("text_encoders", root / "text_encoders" / "tiny.safetensors")
-    write_tiny_component("vae", root / "vae" / "tiny_vae.safetensors")
+    root = write_tiny_model_set(tmp_path_factory.mktemp("models"), "tiny.safetensors", "tiny.safetensors",
+                                "tiny_vae.safetensors")
     set_host(StandaloneHost(models_dir=root, device="cpu"))
     yield root
     set_host(None)

@@ -12,7 +12,8 @@ from comfyui_mmdit.model_defs.qwen_image import family
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
 from comfyui_mmdit.nodes.host import set_host
 from comfyui_mmdit.nodes.host.standalone import StandaloneHost
-from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+from helpers import write_tiny_model_set
 
 QWEN = family.DISPLAY_NAME
 
@@ -28,9 +29,7 @@ def _damage(path, key, value):
 
 @pytest.fixture()
 def models(tmp_path):
-    write_tiny_component("diffusion_models", tmp_path / "diffusion_models" / "dit.safetensors")
-    write_tiny_component("text_encoders", tmp_path / "text_encoders" / "te.safetensors")
-    write_tiny_component("vae", tmp_path / "vae" / "vae.safetensors")
+    write_tiny_model_set(tmp_path, "dit.safetensors", "te.safetensors", "vae.safetensors")
     set_host(StandaloneHost(models_dir=tmp_path, device="cpu"))
     yield tmp_path
     set_host(None)
