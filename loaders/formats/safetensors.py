@@ -13,7 +13,6 @@ Checked before any tensor is touched, each failure a ModelFileError naming the f
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint, MappedFile, element_count
+from .strict_json import JSONProblem, parse_strict_json
 from .tiling import check_tiling
 
 SAFETENSORS_DTYPES = {
@@ -73,23 +73,6 @@ def _corrupt(path, problem: str, found: str | None = None) -> ModelFileError:
     return ModelFileError(path, f"has a corrupt safetensors header: {problem}", found=found, hint=DAMAGED_HINT)
 
 
-class _Duplicate(ValueError):
-    pass
-
-
-def _refuse_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Duplicate(key)
-        out[key] = value
-    return out
-
-
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -121,17 +104,9 @@ def _parse_json(path, raw: bytes) -> dict:
     if not raw.startswith(b"{"):
         raise _corrupt(path, "it does not start with '{'", found=repr(raw[:16]))
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _corrupt(path, "it is not valid UTF-8", found=f"byte {e.start} of the header") from None
-    try:
-        header = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
-    except _Duplicate as e:
-        raise _corrupt(path, "a key is given twice", found=brief(e.args[0])) from None
-    except RecursionError:
-        raise _corrupt(path, "it is nested too deeply to be a tensor index") from None
-    except ValueError as e:  # JSONDecodeError, and int() limits on absurdly long numbers
-        raise _corrupt(path, "it is not valid JSON", found=str(e)[:200]) from None
+        header = parse_strict_json(raw)
+    except JSONProblem as e:
+        raise _corrupt(path, e.problem, found=e.found) from None
     if not isinstance(header, dict):
         raise _corrupt(path, "it is not a JSON object", found=f"a JSON {type(header).__name__}")
     return header

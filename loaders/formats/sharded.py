@@ -8,13 +8,13 @@ is then checked as any safetensors file is (formats/safetensors.py).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint
 from .safetensors import SafetensorsFile
+from .strict_json import JSONProblem, parse_strict_json
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # the index of a 20B model is about 150 kB
 
@@ -67,15 +67,6 @@ def _invalid(path, problem: str, found: str | None = None) -> ModelFileError:
                           hint="Re-download the index file (*.safetensors.index.json) of this model.")
 
 
-def _refuse_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"the key {brief(key)} is given twice")
-        out[key] = value
-    return out
-
-
 def _read_index(path: Path) -> dict:
     try:
         size = os.path.getsize(path)
@@ -85,13 +76,9 @@ def _read_index(path: Path) -> dict:
     except OSError as e:
         raise _invalid(path, "it cannot be read", found=str(e)) from None
     try:
-        index = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
-    except UnicodeDecodeError:
-        raise _invalid(path, "it is not UTF-8 text") from None
-    except RecursionError:
-        raise _invalid(path, "it is nested too deeply") from None
-    except ValueError as e:
-        raise _invalid(path, "it is not valid JSON", found=str(e)[:200]) from None
+        index = parse_strict_json(raw)
+    except JSONProblem as e:
+        raise _invalid(path, e.problem, found=e.found) from None
     if not isinstance(index, dict):
         raise _invalid(path, "it is not a JSON object", found=f"a JSON {type(index).__name__}")
     return index

@@ -34,7 +34,6 @@ the small comfy_quant records):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 from ..errors import ModelFileError, brief, summarize_keys
 from ..formats.checkpoint import Checkpoint
 from ..formats.open import open_file
+from ..formats.strict_json import JSONProblem, parse_strict_json
 from .tensor import FP8_SCALED, QuantizedTensor
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -138,8 +138,8 @@ class FP8View(Checkpoint):
                                  expected=f"UTF-8 JSON as uint8, at most {MAX_RECORD_BYTES} bytes", hint=DAMAGED_HINT)
         raw = self.inner.tensor(key).numpy().tobytes()
         try:
-            info = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            info = parse_strict_json(raw)
+        except JSONProblem:
             info = None
         if not isinstance(info, dict) or not isinstance(info.get("format"), str):
             raise ModelFileError(self.path, f"has an unreadable quantization record {brief(key)}",
