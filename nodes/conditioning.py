@@ -7,7 +7,7 @@ def check_text_width(host, model, spec, **conditionings) -> None:
     """Refuse prompts encoded by a text encoder whose feature width the model does not take (a text
     encoder of another family or size, or a tiny demo stand-in beside a real model): the network would
     otherwise fail deep inside with a matrix-shape error."""
-    expected = getattr(host.network_config(model), "joint_attention_dim", None)
+    expected = getattr(host.network_config(model), "context_dim", None)
     if expected is None:
         return  # a network that does not say (ComfyUI's own loaders' models)
     for name, conditioning in conditionings.items():

@@ -39,6 +39,11 @@ class QwenImageConfig:
     def inner_dim(self) -> int:
         return self.attention_head_dim * self.num_attention_heads
 
+    @property
+    def context_dim(self) -> int:
+        """The width of the text features the network takes (every family's config names it so)."""
+        return self.joint_attention_dim
+
 
 def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> QwenImageConfig:
     """Read the configuration from tensor names and shapes (no prefix). Raises KeyError if a key is absent."""
