@@ -17,6 +17,7 @@ knows (the Qwen2.5 tokenizer ComfyUI ships); every loaded encoder records where 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.text_encoders import qwen25vl
 from .assign import assign_state_dict, check_shapes, module_shapes
+from .check_cache import fingerprint
 from .checkpoints import Checkpoint, open_checkpoint
 from .detection import TEXT_ENCODER, Identity, find_component
 from .errors import ModelFileError
@@ -136,14 +138,21 @@ def find_tokenizer(weights: Path, search=()) -> TokenizerPlace:
 
 
 def load_tokenizer(folder: Path):
+    """The tokenizer in `folder`, loaded once per version of its files: the queue-time check and the load
+    that follows both need it, and reading one takes up to a second."""
+    return _load_tokenizer(str(Path(folder).resolve()), fingerprint(Path(folder)))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(folder: str, version: tuple):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(folder)
     except (ValueError, OSError):  # no tokenizer_class recorded: Qwen2.5's own class reads vocab + merges
         from transformers import Qwen2Tokenizer
 
-        return Qwen2Tokenizer.from_pretrained(str(folder))
+        return Qwen2Tokenizer.from_pretrained(folder)
 
 
 def read_text_encoder(path, tokenizer_path=None, tokenizer_search=()) -> TextEncoderFile:
