@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint, MappedFile, element_count
-from .strict_json import JSONProblem, parse_strict_json
+from .strict_json import JSONProblem, parse_json_object
 from .tiling import check_tiling
 
 SAFETENSORS_DTYPES = {
@@ -104,11 +104,9 @@ def _parse_json(path, raw: bytes) -> dict:
     if not raw.startswith(b"{"):
         raise _corrupt(path, "it does not start with '{'", found=repr(raw[:16]))
     try:
-        header = parse_strict_json(raw)
+        header = parse_json_object(raw)
     except JSONProblem as e:
         raise _corrupt(path, e.problem, found=e.found) from None
-    if not isinstance(header, dict):
-        raise _corrupt(path, "it is not a JSON object", found=f"a JSON {type(header).__name__}")
     return header
 
 

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from ..errors import ModelFileError, brief
 from .checkpoint import Checkpoint
 from .safetensors import SafetensorsFile
-from .strict_json import JSONProblem, parse_strict_json
+from .strict_json import JSONProblem, parse_json_object
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # the index of a 20B model is about 150 kB
 
@@ -76,11 +76,9 @@ def _read_index(path: Path) -> dict:
     except OSError as e:
         raise _invalid(path, "it cannot be read", found=str(e)) from None
     try:
-        index = parse_strict_json(raw)
+        index = parse_json_object(raw)
     except JSONProblem as e:
         raise _invalid(path, e.problem, found=e.found) from None
-    if not isinstance(index, dict):
-        raise _invalid(path, "it is not a JSON object", found=f"a JSON {type(index).__name__}")
     return index
 
 

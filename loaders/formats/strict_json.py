@@ -38,16 +38,20 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_strict_json(raw: bytes):
+def parse_json_object(raw: bytes) -> dict:
+    """The JSON object in `raw`, or a JSONProblem (a header or index is always an object)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise JSONProblem("it is not valid UTF-8", found=f"byte {e.start}") from None
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+        value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
     except _Duplicate as e:
         raise JSONProblem("a key is given twice", found=brief(e.args[0])) from None
     except RecursionError:
         raise JSONProblem("it is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, and int() limits on absurdly long numbers
         raise JSONProblem("it is not valid JSON", found=str(e)[:200]) from None
+    if not isinstance(value, dict):
+        raise JSONProblem("it is not a JSON object", found=f"a JSON {type(value).__name__}")
+    return value

@@ -42,7 +42,7 @@ import torch
 from ..errors import ModelFileError, brief, summarize_keys
 from ..formats.checkpoint import Checkpoint
 from ..formats.open import open_file
-from ..formats.strict_json import JSONProblem, parse_strict_json
+from ..formats.strict_json import JSONProblem, parse_json_object
 from .tensor import FP8_SCALED, QuantizedTensor
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -138,7 +138,7 @@ class FP8View(Checkpoint):
                                  expected=f"UTF-8 JSON as uint8, at most {MAX_RECORD_BYTES} bytes", hint=DAMAGED_HINT)
         raw = self.inner.tensor(key).numpy().tobytes()
         try:
-            info = parse_strict_json(raw)
+            info = parse_json_object(raw)
         except JSONProblem:
             info = None
         if not isinstance(info, dict) or not isinstance(info.get("format"), str):
