@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..model_defs.families import FAMILIES
+from ..model_defs.families import FAMILIES, family_by_display_name
 from .common import CATEGORY, log
 from .host import get_host
 
 CUSTOM = "custom (width x height)"
 ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"]
-
-
-def _family_by_display_name(name: str):
-    for spec in FAMILIES.values():
-        if spec.display_name == name:
-            return spec
-    raise ValueError(f"unknown family {name!r}; expected one of {', '.join(s.display_name for s in FAMILIES.values())}")
 
 
 def preset_size(spec, aspect: str) -> tuple[int, int]:
@@ -40,6 +33,10 @@ def _tooltip() -> str:
             "its size (picking a preset in the editor sets them). " + "; ".join(lines) + ".")
 
 
+def _size_steps() -> str:
+    return "; ".join(f"{spec.display_name}: a multiple of {spec.size_multiple}" for spec in FAMILIES.values())
+
+
 class MMDiTEmptyLatent:
     DESCRIPTION = ("An empty latent for text-to-image, at a size the family was trained at (aspect presets) or "
                    "any size ('custom': width and height, rounded down to the family's size step).")
@@ -55,14 +52,14 @@ class MMDiTEmptyLatent:
             "family": (families, {"default": families[0]}),
             "aspect": (ASPECTS + [CUSTOM], {"default": "1:1", "tooltip": _tooltip(), "mmdit_presets": preset_table()}),
             "width": ("INT", {"default": width, "min": 16, "max": 8192, "step": 16,
-                              "tooltip": "Image width in pixels (Qwen-Image: a multiple of 16)."}),
+                              "tooltip": f"Image width in pixels ({_size_steps()})."}),
             "height": ("INT", {"default": height, "min": 16, "max": 8192, "step": 16,
-                               "tooltip": "Image height in pixels (Qwen-Image: a multiple of 16)."}),
+                               "tooltip": f"Image height in pixels ({_size_steps()})."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
         }}
 
     def generate(self, family, aspect, width, height, batch_size=1):
-        spec = _family_by_display_name(family)
+        spec = family_by_display_name(family)
         if aspect != CUSTOM:
             preset = preset_size(spec, aspect)
             if (width, height) != preset:
@@ -77,6 +74,9 @@ class MMDiTEmptyLatent:
         if rounded != (width, height):
             log.warning("%s sizes are multiples of %d: %dx%d makes a %dx%d image", spec.display_name, step,
                         width, height, *rounded)
+        note = spec.size_note(*rounded) if spec.size_note else None
+        if note:
+            log.warning("%s", note)
         fmt = spec.latent_format
         latent = torch.zeros([batch_size, fmt.channels, rounded[1] // fmt.downscale, rounded[0] // fmt.downscale],
                              device=get_host().intermediate_device())

@@ -12,8 +12,24 @@ from .sampling_request import SamplingRequest
 OFFICIAL_SCHEDULE = "official"
 
 
+GUIDANCE_RULES = ["official", "cfg"]
+
+
 def _official_values(attribute: str) -> str:
-    return ", ".join(f"{spec.display_name} {getattr(spec, attribute)}" for spec in FAMILIES.values())
+    """e.g. "Qwen-Image 50, HunyuanImage 2.1 base 50, distilled 8"."""
+    parts = []
+    for spec in FAMILIES.values():
+        values = [f"{variant} {getattr(s, attribute):g}" for variant, s in spec.sampling.items()]
+        if len(values) == 1:
+            values = [values[0].split(" ", 1)[1]]
+        parts.append(f"{spec.display_name} {', '.join(values)}")
+    return "; ".join(parts)
+
+
+def _with_embedded_guidance(conditioning, scale: float):
+    """The conditioning with the embedded-guidance value every entry carries (as ComfyUI's FluxGuidance
+    node writes it), for guidance-distilled networks."""
+    return [[context, {**extras, "guidance": scale}] for context, extras in conditioning]
 
 
 def schedule(host, model, spec, scheduler: str, steps: int, latent_shape, denoise: float):
@@ -24,9 +40,10 @@ def schedule(host, model, spec, scheduler: str, steps: int, latent_shape, denois
     ModelSampling* nodes set (outside ComfyUI: the family's common constant shift)."""
     if scheduler == OFFICIAL_SCHEDULE:
         tokens = spec.image_tokens(latent_shape)
+        official = spec.sampling_for(host.network_config(model)).schedule
 
         def make(n):
-            return spec.schedule.sigmas(n, tokens)
+            return official.sigmas(n, tokens)
     else:
         if scheduler not in host.scheduler_names():
             raise ValueError(f"scheduler {scheduler!r} is not available here; choose one of "
@@ -38,9 +55,10 @@ def schedule(host, model, spec, scheduler: str, steps: int, latent_shape, denois
 
 
 class MMDiTSampler:
-    DESCRIPTION = ("Samples a latent. The 'official' scheduler and the family's guidance rule reproduce the "
-                   "official pipeline for the same seed (Qwen-Image: 50 steps, true CFG 4.0 with norm rescale, "
-                   "shift from the image size). ComfyUI's samplers and schedulers work too.")
+    DESCRIPTION = ("Samples a latent. The 'official' scheduler and guidance reproduce the official pipeline for "
+                   "the same seed (Qwen-Image: 50 steps, true CFG 4.0 with norm rescale, shift from the image size; "
+                   "HunyuanImage 2.1: 50 steps, adaptive projected guidance 3.5, shift 5; its distilled model: "
+                   "8 steps, embedded guidance 3.25, shift 4, MeanFlow). ComfyUI's samplers and schedulers work too.")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
@@ -48,7 +66,7 @@ class MMDiTSampler:
     @classmethod
     def INPUT_TYPES(cls):
         host = get_host()
-        first = next(iter(FAMILIES.values()))  # the widgets' defaults; shipped workflows carry each family's
+        first = next(iter(FAMILIES.values())).default_sampling  # widget defaults; workflows carry each family's
         return {"required": {
             "model": ("MODEL",),
             "positive": ("CONDITIONING",),
@@ -56,12 +74,13 @@ class MMDiTSampler:
             "latent_image": ("LATENT",),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise is drawn as ComfyUI and the official pipelines (CPU generator) draw it."}),
-            "steps": ("INT", {"default": first.default_steps, "min": 1, "max": 1000,
-                              "tooltip": f"Official values: {_official_values('default_steps')}."}),
-            "cfg": ("FLOAT", {"default": first.default_cfg, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Classifier-free guidance, applied with the family's rule (Qwen-Image: "
-                                         "true CFG with norm rescale). 1 = no guidance, one pass per step. "
-                                         f"Official values: {_official_values('default_cfg')}."}),
+            "steps": ("INT", {"default": first.steps, "min": 1, "max": 1000,
+                              "tooltip": f"Official values: {_official_values('steps')}."}),
+            "cfg": ("FLOAT", {"default": first.guidance_scale, "min": 1.0, "max": 30.0, "step": 0.05, "round": 0.01,
+                              "tooltip": "Guidance scale. Two-pass models apply it with the guidance rule below "
+                                         "(1 = no guidance, one pass per step); guidance-distilled models "
+                                         "(HunyuanImage 2.1 distilled) take it as their embedded guidance, one "
+                                         f"pass per step. Official values: {_official_values('guidance_scale')}."}),
             "sampler_name": (list(host.sampler_names()), {"default": "euler"}),
             "scheduler": ([OFFICIAL_SCHEDULE] + list(host.scheduler_names()), {
                 "default": OFFICIAL_SCHEDULE,
@@ -73,12 +92,22 @@ class MMDiTSampler:
             }),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                   "tooltip": "Below 1 keeps part of the input latent (image-to-image)."}),
+        }, "optional": {
+            "guidance": (GUIDANCE_RULES, {
+                "default": "official",
+                "tooltip": "How cond and uncond combine when cfg > 1. official: the family's rule (Qwen-Image: "
+                           "true CFG with norm rescale; HunyuanImage 2.1: adaptive projected mix guidance). "
+                           "cfg: plain classifier-free guidance.",
+            }),
         }}
 
     def sample(self, model, positive, negative, latent_image, seed, steps=50, cfg=4.0, sampler_name="euler",
-               scheduler=OFFICIAL_SCHEDULE, denoise=1.0):
+               scheduler=OFFICIAL_SCHEDULE, denoise=1.0, guidance="official"):
         host = get_host()
         spec = host.model_family(model)
+        if guidance not in GUIDANCE_RULES:
+            raise ValueError(f"guidance {guidance!r} is not one of {', '.join(GUIDANCE_RULES)}")
+        official = spec.sampling_for(host.network_config(model))
         latent = latent_image["samples"]
         if latent.shape[1] != spec.latent_format.channels:
             raise ValueError(
@@ -88,11 +117,19 @@ class MMDiTSampler:
             )
         check_text_width(host, model, spec, positive=positive, negative=negative)
         sigmas = schedule(host, model, spec, scheduler, steps, latent.shape, denoise)
-        log.info("%s: %d steps, cfg %.2f, %s, %s, denoise %.2f", spec.display_name, steps, cfg, sampler_name,
+        rule = official.guidance if guidance == "official" else None
+        if official.embedded_guidance:
+            # A guidance-distilled network: the scale is an input, one pass per step, no negative prompt.
+            positive = _with_embedded_guidance(positive, cfg)
+            negative = _with_embedded_guidance(negative, cfg)
+            cfg, rule, how = 1.0, None, f"embedded guidance {cfg:.2f}"
+        else:
+            how = f"cfg {cfg:.2f} ({official.guidance_name if rule else 'CFG'})"
+        log.info("%s: %d steps, %s, %s, %s, denoise %.2f", spec.display_name, steps, how, sampler_name,
                  scheduler, denoise)
         request = SamplingRequest(
             latent=latent, positive=positive, negative=negative, seed=seed, sigmas=sigmas, cfg=cfg,
-            sampler_name=sampler_name, guidance=spec.guidance, noise_mask=latent_image.get("noise_mask"),
+            sampler_name=sampler_name, guidance=rule, noise_mask=latent_image.get("noise_mask"),
             batch_index=latent_image.get("batch_index"),
         )
         samples = host.sample(model, request)

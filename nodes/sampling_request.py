@@ -21,7 +21,7 @@ class SamplingRequest:
     sigmas: torch.Tensor  # steps + 1 values, descending, ending at 0 (or > 0 for a partial run)
     cfg: float
     sampler_name: str
-    guidance: Callable | None = None  # the family's CFG rule; None = standard CFG
+    guidance: Callable | None = None  # a GuidanceRule (model_defs/spec.py); None = standard CFG
     noise_mask: torch.Tensor | None = None
     batch_index: list | None = None
     add_noise: bool = True

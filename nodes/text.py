@@ -1,4 +1,6 @@
-"""MMDiTTextEncoderLoader and MMDiTTextEncode: prompts -> native CONDITIONING."""
+"""MMDiTTextEncoderLoader and MMDiTTextEncode: prompts -> native CONDITIONING, with every text encoder
+the family's prompts go through (Qwen-Image: Qwen2.5-VL; HunyuanImage 2.1: Qwen2.5-VL and the ByT5
+glyph encoder)."""
 
 from __future__ import annotations
 
@@ -6,77 +8,131 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loaders.finite import check_finite
+from ..loaders.finite import check_finite, is_finite, nonfinite_tensors
 from ..loaders.text_encoder import LoadedTextEncoder, build_text_encoder, read_text_encoder
-from ..model_defs.families import FAMILIES
-from ..model_defs.text_encoders.qwen25vl import encode_prompts
+from ..model_defs.families import FAMILIES, family_by_display_name
 from .common import CATEGORY, files_or_placeholder, log
 from .file_inputs import validate_model_file
 from .host import get_host
 
-TOKENIZER = "qwen25"  # the tokenizer the hosts know by name (ComfyUI ships it as qwen25_tokenizer/)
+NONE = "none"
 
 
 @dataclass
 class TextEncoderHandle:
-    """The MMDIT_TEXT_ENCODER value: encoder + tokenizer, the family whose template it applies, and the
-    host's handle that moves it to its device."""
+    """The MMDIT_TEXT_ENCODER value: the family, its encoders by kind ({"qwen25_vl": ..., "byt5": ...}),
+    and the host's handles that move each to its device."""
 
-    loaded: LoadedTextEncoder
     family: object  # FamilySpec
-    managed: object
+    encoders: dict  # kind -> LoadedTextEncoder
+    managed: dict  # kind -> host handle
+
+    def load(self) -> tuple[torch.device, torch.dtype]:
+        """Every encoder on its device; returns the device and compute dtype (the first encoder's)."""
+        placed = [handle.load() for handle in self.managed.values()]
+        return placed[0], next(iter(self.managed.values())).dtype
 
 
-def _family_named(display_name: str):
-    for spec in FAMILIES.values():
-        if spec.display_name == display_name:
-            return spec
-    raise ValueError(f"unknown family {display_name!r}")
+def _encoder_list() -> str:
+    return "; ".join(f"{spec.display_name}: " + " + ".join(slot.label for slot in spec.text.encoders)
+                     for spec in FAMILIES.values())
+
+
+def check_encoders_fit(spec, found: dict[str, str]) -> None:
+    """found: {kind: file name}. Every encoder the family needs is there and none it does not use."""
+    wanted = {slot.kind: slot for slot in spec.text.encoders}
+    foreign = [f"{name} ({kind})" for kind, name in found.items() if kind not in wanted]
+    if foreign:
+        raise ValueError(
+            f"{', '.join(foreign)} is not a text encoder {spec.display_name} uses; it takes "
+            f"{' + '.join(slot.label for slot in spec.text.encoders)}. Pick the family the encoder belongs to, "
+            f"or load the right encoder.")
+    missing = [slot.label for slot in spec.text.encoders if slot.required and slot.kind not in found]
+    if missing:
+        raise ValueError(f"{spec.display_name} also needs {' and '.join(missing)}: choose it as "
+                         f"{'text_encoder_2_name' if found else 'text_encoder_name'}.")
 
 
 class MMDiTTextEncoderLoader:
-    DESCRIPTION = ("Loads the text encoder a family needs from models/text_encoders: a single file "
-                   "(e.g. qwen_2.5_vl_7b.safetensors) or a Hugging Face / diffusers folder. The family sets "
-                   "the prompt template and the hidden state used.")
+    DESCRIPTION = ("Loads the text encoders a family needs from models/text_encoders: single files (e.g. "
+                   "qwen_2.5_vl_7b.safetensors, byt5_small_glyphxl_fp16.safetensors) or Hugging Face / diffusers "
+                   "folders, bf16, FP8 or GGUF. Which encoder a file holds is read from it. " + _encoder_list() + ".")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("MMDIT_TEXT_ENCODER",)
     FUNCTION = "load"
-    FILE_INPUTS = {"text_encoder_name": "text_encoders"}
+    FILE_INPUTS = {"text_encoder_name": "text_encoders", "text_encoder_2_name": "text_encoders"}
 
     @classmethod
     def INPUT_TYPES(cls):
         names = files_or_placeholder(get_host().folder_files("text_encoders"), "text_encoders")
         families = [spec.display_name for spec in FAMILIES.values()]
         return {"required": {
-            "text_encoder_name": (names, {"tooltip": "Qwen-Image: Qwen2.5-VL-7B (qwen_2.5_vl_7b*.safetensors, FP8 "
-                                                  "safetensors or a GGUF such as Qwen2.5-VL-7B-Instruct-Q8_0.gguf)."}),
+            "text_encoder_name": (names, {"tooltip": "The family's main text encoder: Qwen2.5-VL-7B for Qwen-Image "
+                                                     "and HunyuanImage 2.1 (qwen_2.5_vl_7b*.safetensors, FP8, or a "
+                                                     "GGUF such as Qwen2.5-VL-7B-Instruct-Q8_0.gguf)."}),
             "family": (families, {"default": families[0],
-                                  "tooltip": "The model family the prompts are for (template and layer)."}),
+                                  "tooltip": "The model family the prompts are for (template, layer, encoders)."}),
+        }, "optional": {
+            "text_encoder_2_name": ([NONE] + names, {
+                "default": NONE,
+                "tooltip": "The family's second encoder: for HunyuanImage 2.1 the ByT5 glyph encoder "
+                           "(byt5_small_glyphxl_fp16.safetensors), which renders the text in quotes. "
+                           "none for Qwen-Image."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, text_encoder_name):
-        return validate_model_file("text_encoders", text_encoder_name, lambda path: _read(path).description)
+    def VALIDATE_INPUTS(cls, text_encoder_name, text_encoder_2_name=NONE):
+        first = validate_model_file("text_encoders", text_encoder_name, lambda path: _read(path).description)
+        if first is not True or text_encoder_2_name in (NONE, None):
+            return first
+        return validate_model_file("text_encoders", text_encoder_2_name, lambda path: _read(path).description)
 
-    def load(self, text_encoder_name, family):
+    def load(self, text_encoder_name, family, text_encoder_2_name=NONE):
         host = get_host()
-        spec = _family_named(family)
-        checked = _read(host.full_path("text_encoders", text_encoder_name))
-        place = checked.tokenizer_source
-        log.info("%s: tokenizer from %s (%s)", text_encoder_name, place.folder.absolute(), place.origin)
+        spec = family_by_display_name(family)
+        names = [n for n in (text_encoder_name, text_encoder_2_name) if n not in (NONE, None, "")]
+        checked = {}
+        for name in names:
+            file = _read(host.full_path("text_encoders", name))
+            if _kind(file) in checked:
+                raise ValueError(f"{names[0]} and {name} are both {file.description}s; {spec.display_name} takes "
+                                 f"{' + '.join(slot.label for slot in spec.text.encoders)}")
+            checked[_kind(file)] = (name, file)
+        check_encoders_fit(spec, {kind: name for kind, (name, _) in checked.items()})
+
+        encoders, managed = {}, {}
         dtype = host.module_dtype("text_encoder")
-        # Weights stay as stored (no full-precision copy); layers cast to the compute dtype at use.
-        loaded = build_text_encoder(checked, operations=host.operations("text_encoder"))
-        return (TextEncoderHandle(loaded, spec, host.manage(loaded.model, "text_encoder", dtype)),)
+        for kind, (name, file) in checked.items():
+            place = file.tokenizer_source
+            log.info("%s: tokenizer from %s (%s)", name, place.folder.absolute(), place.origin)
+            # Weights stay as stored (no full-precision copy); layers cast to the compute dtype at use.
+            loaded: LoadedTextEncoder = build_text_encoder(file, operations=host.operations("text_encoder"))
+            encoders[kind] = loaded
+            managed[kind] = host.manage(loaded.model, "text_encoder", dtype)
+        return (TextEncoderHandle(spec, encoders, managed),)
+
+
+def _explain_nonfinite(value, encoders, where: str) -> None:
+    """Raise for a NaN/Inf text output: naming the encoder whose weights hold NaN/Inf if one does (a
+    damaged file), else the overflow."""
+    encoders = list(encoders)
+    culprit = next((e for e in encoders if nonfinite_tensors(e.model)), encoders[0])
+    check_finite(value, culprit.model, culprit.path, "text encoder", where,
+                 "If it ran in float16, run the text encoder in bf16 or fp32.")
+
+
+def _kind(file) -> str:
+    return getattr(file, "encoder_kind", "qwen25_vl")  # TODO(merge)
 
 
 def _read(path):
-    return read_text_encoder(path, tokenizer_search=get_host().tokenizer_places(TOKENIZER))
+    return read_text_encoder(path, tokenizer_search=get_host().tokenizer_places("qwen25"))  # TODO(merge): per kind
 
 
 class MMDiTTextEncode:
-    DESCRIPTION = ("Encodes a prompt with the family's chat template. Prompts longer than the family's limit "
-                   "(Qwen-Image: 1024 tokens) are refused rather than silently cut.")
+    DESCRIPTION = ("Encodes a prompt with the family's template and encoders (HunyuanImage 2.1: text in quotes "
+                   "also goes to the ByT5 glyph encoder, to be drawn in the image). Prompts longer than the "
+                   "family's limit are refused rather than silently cut.")
     CATEGORY = f"{CATEGORY}/conditioning"
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
@@ -86,21 +142,21 @@ class MMDiTTextEncode:
         return {"required": {
             "text_encoder": ("MMDIT_TEXT_ENCODER",),
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
-                                "tooltip": "The prompt. For a negative prompt, a single space is a good default."}),
+                                "tooltip": "The prompt. Text to draw goes in quotes (\"OPEN\", 'OPEN', “OPEN”). "
+                                           "For a negative prompt, a single space is a good default."}),
         }}
 
     def encode(self, text_encoder: TextEncoderHandle, text: str):
         host = get_host()
         spec = text_encoder.family
-        device = text_encoder.managed.load()
-        loaded = text_encoder.loaded
+        device, dtype = text_encoder.load()
         with torch.no_grad():
-            embeds, mask = encode_prompts(loaded.model, loaded.tokenizer, [text], spec.prompt_template,
-                                          max_tokens=spec.max_prompt_tokens, device=device,
-                                          dtype=text_encoder.managed.dtype)
-        check_finite(embeds, loaded.model, loaded.path, "text encoder", f"({text_encoder.managed.dtype})",
-                     "If it ran in float16, run the text encoder in bf16 or fp32.")
-        extras = {}
-        if not bool(mask.all()):
-            extras["attention_mask"] = mask.to(host.intermediate_device())
-        return ([[embeds.to(host.intermediate_device(), torch.float32), extras]],)
+            context, extras = spec.text.encode(text_encoder.encoders, text, device, dtype)
+        for name, value in {"context": context, **extras}.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not is_finite(value):
+                _explain_nonfinite(value, text_encoder.encoders.values(), f"({name}, {dtype})")
+        out = host.intermediate_device()
+        extras = {name: (value.to(out, torch.float32) if isinstance(value, torch.Tensor) and value.is_floating_point()
+                         else value.to(out) if isinstance(value, torch.Tensor) else value)
+                  for name, value in extras.items()}
+        return ([[context.to(out, torch.float32), extras]],)

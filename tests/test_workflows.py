@@ -6,6 +6,7 @@ import pytest
 
 from comfyui_mmdit.loaders.formats.open import MODEL_FILE_SUFFIXES
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
+from comfyui_mmdit.nodes.host.workflow_check import input_specs
 from comfyui_mmdit.nodes.host.workflow_runner import CORE_NODES
 from comfyui_mmdit.tools.workflow_ui import api_to_ui, is_widget, node_signature, ui_twin
 
@@ -27,7 +28,8 @@ def check_value(class_type: str, name: str, spec, value):
     options = spec[1] if len(spec) > 1 else {}
     where = f"{class_type}.{name} = {value!r}"
     if name in getattr(NODE_CLASS_MAPPINGS.get(class_type), "FILE_INPUTS", {}):
-        assert isinstance(value, str) and (value.endswith(MODEL_FILE_SUFFIXES) or "/" in value), where
+        optional = value == "none" and name in input_specs(NODE_CLASS_MAPPINGS[class_type])[1]
+        assert isinstance(value, str) and (optional or value.endswith(MODEL_FILE_SUFFIXES) or "/" in value), where
     elif isinstance(kind, (list, tuple)):
         assert value in kind, f"{where} is not one of {kind}"
     elif kind == "INT":

@@ -50,8 +50,8 @@ class Plan:
 
 
 def plan_tensors(checkpoint, identity, family_spec) -> list[Plan]:
-    precise = family_spec.precise_tensors if family_spec else ()
-    eight_bit = family_spec.eight_bit_tensors if family_spec else ()
+    precise = family_spec.quant.precise_tensors if family_spec else ()
+    eight_bit = family_spec.quant.eight_bit_tensors if family_spec else ()
     plans = []
     for key in checkpoint.keys():
         if not key.startswith(identity.prefix):

@@ -65,9 +65,11 @@ function setupEmptyLatent(nodeType, nodeData) {
 
 function setupSampler(nodeType, nodeData) {
   const required = nodeData.input?.required ?? {};
+  const declared = { ...(nodeData.input?.optional ?? {}), ...required };
   afterMethod(nodeType, "onConfigure", function (info) {
     const values = info?.widgets_values;
-    if (!Array.isArray(values) || values.length !== OLD_SAMPLER_WIDGETS.length) return;
+    // The old list and today's (denoise then the guidance rule) are both 8 long: the old one ends in a number.
+    if (!Array.isArray(values) || values.length !== OLD_SAMPLER_WIDGETS.length || typeof values[7] !== "number") return;
     const old = Object.fromEntries(OLD_SAMPLER_WIDGETS.map((name, i) => [name, values[i]]));
     const meant = {
       ...old,
@@ -77,6 +79,10 @@ function setupSampler(nodeType, nodeData) {
     };
     for (const w of this.widgets ?? []) {
       if (w.name in meant && meant[w.name] !== undefined) w.value = meant[w.name];
+      // Widgets added since (the guidance rule) got an old value by position: give them their default.
+      else if (!OLD_SAMPLER_WIDGETS.includes(w.name) && declared[w.name]?.[1]?.default !== undefined) {
+        w.value = declared[w.name][1].default;
+      }
     }
     if (old.shift) {
       console.warn(`MMDiT Sampler: this workflow set shift ${old.shift}; ComfyUI's schedulers now take the ` +

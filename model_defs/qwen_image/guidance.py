@@ -31,3 +31,8 @@ def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Te
 
     out = norm_rescaled_cfg(cond, uncond, scale, to_tokens, from_tokens)
     return out.unsqueeze(2) if five_d else out
+
+
+def true_cfg_rule(scale: float, sigmas: torch.Tensor):
+    """The guidance rule in the family-spec form: stateless, the same combine at every step."""
+    return lambda cond, uncond, sigma: true_cfg(cond, uncond, scale)

@@ -31,8 +31,10 @@ import comfy.utils
 import folder_paths
 
 from ...loaders.finite import check_finite
-from ...model_defs.families import FAMILIES, FamilySpec
+from ...model_defs.families import FAMILIES
+from ...model_defs.spec import FamilySpec
 from ..sampling_request import OVERFLOW_REMEDY, SamplingRequest
+from .comfy_bindings import BINDINGS, binding
 
 log = logging.getLogger("ComfyUI-MMDiT")
 
@@ -83,9 +85,19 @@ def _with_diffusion_model_wrappers(network_class: type) -> type:
     return Wrapped
 
 
-def _model_class(spec: FamilySpec) -> type:
+def _cond_value(value):
+    """A network input from a conditioning entry, as the cond object ComfyUI batches and moves."""
+    import comfy.conds
+
+    if not isinstance(value, torch.Tensor):
+        value = torch.tensor([float(value)])  # a scalar (embedded guidance): one value per entry
+    return comfy.conds.CONDRegular(value)
+
+
+def _model_class(spec: FamilySpec, sampling) -> type:
     """A subclass of ComfyUI's native model class for the family, building our network instead."""
-    native = getattr(comfy.model_base, spec.comfy_model, comfy.model_base.BaseModel)
+    bound = binding(spec)
+    native = getattr(comfy.model_base, bound.native_model, comfy.model_base.BaseModel)
 
     class MMDiTModel(native):
         mmdit_family = spec
@@ -99,22 +111,26 @@ def _model_class(spec: FamilySpec) -> type:
             self.memory_usage_factor_conds = model_config.mmdit_memory_conds
 
         def extra_conds(self, **kwargs):
+            # The native conds, then the family's own inputs from the same adapter the standalone host
+            # uses (so e.g. the text mask ComfyUI's Qwen-Image drops is honoured, and ByT5 masks pass).
             out = super().extra_conds(**kwargs)
-            mask = kwargs.get("attention_mask")
-            if mask is not None and not bool(mask.all()):
-                # ComfyUI's Qwen-Image drops the text mask; ours honours it (padded batched prompts).
-                import comfy.conds
-
-                out["attention_mask"] = comfy.conds.CONDRegular(mask)
+            for name in spec.conditioning.inputs.values():
+                out.pop(name, None)
+            if sampling.embedded_guidance and "guidance" not in kwargs:
+                kwargs["guidance"] = sampling.guidance_scale  # the variant's default, not ComfyUI's 6.0
+            for name, value in spec.conditioning.network_inputs(kwargs).items():
+                out[name] = _cond_value(value)
             return out
 
-    MMDiTModel.__name__ = MMDiTModel.__qualname__ = f"MMDiT{spec.comfy_model or 'Model'}"
+    MMDiTModel.__name__ = MMDiTModel.__qualname__ = f"MMDiT{bound.native_model}"
     return MMDiTModel
 
 
 def _model_config(spec: FamilySpec, network_config, attention_backend: str):
-    native = getattr(comfy.supported_models, spec.comfy_model)
-    model_class = _model_class(spec)
+    bound = binding(spec)
+    sampling = spec.sampling_for(network_config)
+    native = getattr(comfy.supported_models, bound.native_model)
+    model_class = _model_class(spec, sampling)
     network_class = _with_diffusion_model_wrappers(spec.network_class)
 
     def build_network(dtype=None, device=None, operations=None, **_unet_config):
@@ -124,13 +140,29 @@ def _model_config(spec: FamilySpec, network_config, attention_backend: str):
 
     class MMDiTModelConfig(native):
         mmdit_builder = staticmethod(build_network)
-        mmdit_model_type = MODEL_TYPES[spec.comfy_model_type]
-        mmdit_memory_conds = spec.comfy_memory_conds
+        mmdit_model_type = MODEL_TYPES[bound.model_type]
+        mmdit_memory_conds = bound.memory_conds
+        if bound.family_shift:
+            sampling_settings = {**getattr(native, "sampling_settings", {}), "shift": sampling.shift}
 
         def get_model(self, state_dict, prefix="", device=None):
             return model_class(self, device=device)
 
     return MMDiTModelConfig({"image_model": f"mmdit_{spec.name}"})
+
+
+def _velocity_guidance(combine):
+    """A sampler_cfg_function running a family's guidance on velocities. ComfyUI hands it noise-unit
+    predictions, x - denoised = sigma * velocity for flow models, per sample."""
+
+    def cfg_function(args):
+        cond, uncond = args["cond"], args["uncond"]
+        sigma = args["sigma"].to(cond.dtype).reshape(-1, *([1] * (cond.ndim - 1)))
+        safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))  # at sigma 0 the units agree
+        velocity = combine(cond / safe, uncond / safe, float(args["sigma"].reshape(-1)[0]))
+        return velocity * safe
+
+    return cfg_function
 
 
 _Backup = collections.namedtuple("Backup", ["weight", "inplace_update"])  # the shape of ModelPatcher's backup records
@@ -298,10 +330,9 @@ class ComfyUIHost:
         spec = getattr(base, "mmdit_family", None)
         if spec is not None:
             return spec
-        for candidate in FAMILIES.values():  # ComfyUI's own loaders' models work with our nodes too
-            native = getattr(comfy.model_base, candidate.comfy_model, None)
-            if native is not None and isinstance(base, native):
-                return candidate
+        for name, bound in BINDINGS.items():  # ComfyUI's own loaders' models work with our nodes too
+            if type(base).__name__ in bound.native_models and name in FAMILIES:
+                return FAMILIES[name]
         raise TypeError(
             f"this MODEL ({type(base).__name__}) is not a family this pack samples "
             f"({', '.join(s.display_name for s in FAMILIES.values())})"
@@ -339,7 +370,7 @@ class ComfyUIHost:
             noise = torch.zeros(latent.size(), dtype=latent.dtype, layout=latent.layout, device="cpu")
         if request.guidance is not None and request.cfg != 1.0 and "sampler_cfg_function" not in model.model_options:
             model = model.clone()
-            model.set_model_sampler_cfg_function(request.guidance)  # (cond, uncond, scale) form
+            model.set_model_sampler_cfg_function(_velocity_guidance(request.guidance(request.cfg, request.sigmas)))
         steps = len(request.sigmas) - 1
         callback = latent_preview.prepare_callback(model, steps)
         return comfy.sample.sample_custom(

@@ -17,7 +17,7 @@ import torch
 
 from ...loaders.formats.open import MODEL_FILE_SUFFIXES
 from ...loaders.text_encoder import TokenizerPlace
-from ...model_defs.families import FamilySpec
+from ...model_defs.spec import FamilySpec
 from ...model_defs.sampling import shifted_sigmas
 from .progress import StderrProgress
 
@@ -201,11 +201,11 @@ class StandaloneHost:
         return SCHEDULERS
 
     def scheduler_sigmas(self, model, scheduler: str, steps: int) -> torch.Tensor:
-        """The linear grid under the family's common constant shift (ComfyUI's ModelSampling* nodes, which
+        """The linear grid under the variant's constant shift (ComfyUI's ModelSampling* nodes, which
         change the shift inside ComfyUI, have no counterpart here)."""
         if scheduler != "simple":
             raise ValueError(f"scheduler {scheduler!r} needs ComfyUI; outside ComfyUI use 'official' or 'simple'")
-        return shifted_sigmas(steps, self.model_family(model).common_shift)
+        return shifted_sigmas(steps, self.model_family(model).sampling_for(model.network.config).shift)
 
     def progress(self, total: int, label: str = ""):
         return StderrProgress(total, label)

@@ -1,4 +1,10 @@
-"""Flow-matching Euler sampling for the standalone host (inside ComfyUI its samplers run instead)."""
+"""Flow-matching Euler sampling for the standalone host (inside ComfyUI its samplers run instead).
+
+The network is called as ComfyUI calls it: timestep = sigma * the family's timestep scale, the
+conditioning's extras turned into keyword inputs by the family's ConditioningAdapter (the same one the
+ComfyUI host uses), and transformer_options carrying the current sigma and the schedule (what a MeanFlow
+network reads its step end from).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,21 @@ from ...loaders.finite import check_finite
 from ..sampling_request import OVERFLOW_REMEDY, SamplingRequest, initial_noise
 
 
-def _text_inputs(conditioning, device, dtype):
+def _network_inputs(family, conditioning, batch: int, device, dtype) -> dict:
     if len(conditioning) != 1:
         raise ValueError(
             f"outside ComfyUI a conditioning must hold exactly one prompt entry; got {len(conditioning)} "
             "(combine/area conditioning needs ComfyUI)"
         )
     context, extras = conditioning[0]
-    mask = extras.get("attention_mask")
-    return context.to(device, dtype), (None if mask is None else mask.to(device))
+    inputs = {"context": context.to(device, dtype)}
+    for name, value in family.conditioning.network_inputs(extras).items():
+        if not isinstance(value, torch.Tensor):
+            value = torch.full((batch,), float(value))  # a scalar input (embedded guidance), per sample
+        elif value.is_floating_point():
+            value = value.to(dtype)
+        inputs[name] = value.to(device)
+    return inputs
 
 
 @torch.no_grad()
@@ -36,26 +48,29 @@ def sample_euler(model, request: SamplingRequest, progress) -> torch.Tensor:
     else:
         x = start
     x = x.to(device)
+    batch = x.shape[0]
 
-    positive = _text_inputs(request.positive, device, dtype)
+    positive = _network_inputs(family, request.positive, batch, device, dtype)
     use_cfg = request.cfg != 1.0
-    negative = _text_inputs(request.negative, device, dtype) if use_cfg else None
+    negative = _network_inputs(family, request.negative, batch, device, dtype) if use_cfg else None
+    combine = request.guidance(request.cfg, sigmas) if use_cfg and request.guidance is not None else None
 
     steps = len(sigmas) - 1
 
-    def predict(x, t, context, mask, where):
-        out = network(x.to(dtype), t, context, attention_mask=mask).float()
+    def predict(x, sigma, inputs, where):
+        timestep = torch.full((batch,), sigma * family.timestep_scale, device=device, dtype=torch.float32)
+        options = {"sigmas": torch.full((batch,), sigma), "sample_sigmas": sigmas}
+        out = network(x.to(dtype), timestep, transformer_options=options, **inputs).float()
         return check_finite(out, network, model.path, "diffusion model", where, OVERFLOW_REMEDY)
 
     for i in range(steps):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        t = torch.full((x.shape[0],), sigma, device=device, dtype=torch.float32)
         where = f"at step {i + 1} of {steps} (sigma {sigma:.4f}, {dtype})"
-        velocity = predict(x, t, positive[0], positive[1], where)
+        velocity = predict(x, sigma, positive, where)
         if use_cfg:
-            uncond = predict(x, t, negative[0], negative[1], where)
-            if request.guidance is not None:
-                velocity = request.guidance(velocity, uncond, request.cfg)
+            uncond = predict(x, sigma, negative, where)
+            if combine is not None:
+                velocity = combine(velocity, uncond, sigma)
             else:
                 velocity = uncond + request.cfg * (velocity - uncond)
         x = x + (sigma_next - sigma) * velocity

@@ -122,7 +122,7 @@ def input_problems(node_id: str, node: dict, workflow: dict, node_classes: dict)
     cls = node_classes[node["class_type"]]
     label = node_label(node_id, node)
     required, optional = input_specs(cls)
-    specs = {**optional, **required}
+    specs = {**required, **{name: spec for name, spec in optional.items() if name not in required}}
     own_check = validated_inputs(cls)
     problems = [f"{label}: required input {name!r} is missing" for name in required if name not in node["inputs"]]
     for name, value in node["inputs"].items():

@@ -185,7 +185,7 @@ def test_quantized_text_encoder_in_comfyui(pack, conditioning):
 
     nodes, _ = pack
     encoder, = nodes["MMDiTTextEncoderLoader"]().load("tiny_te-Q8_0.gguf", QWEN)
-    assert isinstance(encoder.loaded.model.layers[0].self_attn.q_proj.weight, QuantizedTensor)
+    assert isinstance(encoder.encoders["qwen25_vl"].model.layers[0].self_attn.q_proj.weight, QuantizedTensor)
     positive, = nodes["MMDiTTextEncode"]().encode(encoder, PROMPT)
     got, expected = positive[0][0], conditioning["positive"][0][0]
     assert got.shape == expected.shape

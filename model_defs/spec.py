@@ -1,0 +1,123 @@
+"""What a model family is, as small records: network, sampling, text, conditioning, sizes, quantisation.
+
+Nodes and hosts never branch on family names; they read a FamilySpec. A family defines its SPEC in its own
+package (model_defs/<family>/spec.py) and families.py collects them. Nothing here names a host: how ComfyUI
+binds a family to its native classes lives in nodes/host/comfy_bindings.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+import torch
+
+from .latents import LatentFormat
+
+
+class Schedule(Protocol):
+    def sigmas(self, steps: int, image_tokens: int) -> torch.Tensor:
+        """steps + 1 descending sigmas ending in 0, for an image of `image_tokens` tokens."""
+
+
+# A guidance rule: rule(scale, sigmas) -> combine(cond_velocity, uncond_velocity, sigma) -> velocity.
+# One combine function is made per sampling run, so rules with state across steps (momentum) start fresh.
+GuidanceRule = Callable[[float, torch.Tensor], Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """The official sampling of one model variant."""
+
+    steps: int
+    guidance_scale: float
+    schedule: Schedule  # the official pipeline's sigmas
+    shift: float  # the constant shift other schedulers use (ComfyUI: the MODEL's model_sampling shift)
+    guidance: GuidanceRule | None = None  # two-pass guidance; None = plain CFG
+    guidance_name: str = "CFG"  # for tooltips and logs
+    embedded_guidance: bool = False  # guidance-distilled: the scale goes into the network, one pass per step
+    meanflow: bool = False  # the network also takes the end time of each step (timestep_r)
+
+
+@dataclass(frozen=True)
+class EncoderSlot:
+    """One text encoder a family's prompts go through."""
+
+    kind: str  # what loaders.text_encoder detects: "qwen25_vl", "byt5", ...
+    label: str  # for messages: "Qwen2.5-VL-7B"
+    tokenizer: str  # the name hosts know its tokenizer by ("qwen25": ComfyUI's qwen25_tokenizer/)
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    encoders: tuple[EncoderSlot, ...]
+    # encode(encoders {kind: LoadedTextEncoder}, prompt, device, dtype) -> (context [1, L, D], extras dict)
+    encode: Callable
+    limit_note: str  # e.g. "1024 tokens", for the node's description
+
+
+@dataclass(frozen=True)
+class ConditioningAdapter:
+    """How a conditioning entry's extras become network inputs, the same under both hosts.
+
+    inputs: {name in the conditioning extras: keyword of the network's forward}. Masks whose every entry
+    is true are dropped (the network then runs unmasked attention)."""
+
+    inputs: Mapping[str, str] = field(default_factory=lambda: {"attention_mask": "attention_mask"})
+
+    def network_inputs(self, extras: Mapping) -> dict:
+        out = {}
+        for name, keyword in self.inputs.items():
+            value = extras.get(name)
+            if value is None:
+                continue
+            if name.endswith("mask") and isinstance(value, torch.Tensor) and bool(value.all()):
+                continue
+            out[keyword] = value
+        return out
+
+
+@dataclass(frozen=True)
+class QuantPolicy:
+    """Quantized files written by the pack's converter: name fragments of tensors kept at full precision,
+    and of tensors kept at 8 bits at least (1-D tensors always stay precise)."""
+
+    precise_tensors: tuple[str, ...] = ()
+    eight_bit_tensors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    display_name: str
+    latent_format: LatentFormat
+    network_class: type  # network_class(config, operations, dtype=, device=, attention_backend=)
+    config_from_shapes: Callable
+    variant_of: Callable[[object], str]  # network config -> variant name ("base", "distilled", ...)
+    sampling: Mapping[str, SamplingSpec]  # per variant
+    text: TextSpec
+    patch_size: int
+    size_multiple: int  # pixel sizes must be multiples of this
+    timestep_scale: float  # the network's timestep for a sigma: sigma * timestep_scale
+    conditioning: ConditioningAdapter = ConditioningAdapter()
+    quant: QuantPolicy = QuantPolicy()
+    aspect_presets: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    size_note: Callable[[int, int], str | None] | None = None  # (width, height) -> a warning, or None
+
+    def image_tokens(self, latent_shape) -> int:
+        """Image tokens the network sees for a latent of this shape (drives size-dependent shifts)."""
+        height, width = latent_shape[-2:]
+        return -(-height // self.patch_size) * -(-width // self.patch_size)
+
+    def sampling_for(self, config) -> SamplingSpec:
+        """The official sampling of the variant this network config is."""
+        variant = self.variant_of(config) if config is not None else next(iter(self.sampling))
+        try:
+            return self.sampling[variant]
+        except KeyError:
+            raise ValueError(f"{self.display_name} has no sampling defaults for its {variant!r} variant") from None
+
+    @property
+    def default_sampling(self) -> SamplingSpec:
+        return next(iter(self.sampling.values()))
