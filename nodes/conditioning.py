@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# MMDiTTextEncode marks each entry with the family it encoded for: families can share an encoder file
+# (Qwen-Image and HunyuanImage 2.1 both use Qwen2.5-VL-7B) but not its template and hidden layer.
+FAMILY_KEY = "mmdit_family"
+
 
 def check_text_width(host, model, spec, **conditionings) -> None:
     """Refuse prompts encoded by a text encoder whose feature width the model does not take (a text
@@ -19,3 +23,17 @@ def check_text_width(host, model, spec, **conditionings) -> None:
                     f"takes {expected}-wide text features: the text encoder and the diffusion model are from "
                     f"different model families or sizes. Load the text encoder that belongs to this model."
                 )
+
+
+def check_family(spec, families: dict, **conditionings) -> None:
+    """Refuse prompts encoded for another family (its template and layers), even when the widths agree."""
+    for name, conditioning in conditionings.items():
+        for _, extras in conditioning:
+            encoded_for = extras.get(FAMILY_KEY)
+            if encoded_for is not None and encoded_for != spec.name:
+                other = families.get(encoded_for)
+                other_name = other.display_name if other is not None else encoded_for
+                raise ValueError(
+                    f"the {name} conditioning was encoded for {other_name} (its prompt template and text "
+                    f"encoders), but the model is {spec.display_name}: set the text encoder loader's family to "
+                    f"{spec.display_name} (and load the encoders it lists).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..model_defs.families import FAMILIES
 from ..model_defs.sampling import partial_schedule
 from .common import CATEGORY, log
-from .conditioning import check_text_width
+from .conditioning import check_family, check_text_width
 from .host import get_host
 from .sampling_request import SamplingRequest
 
@@ -115,6 +115,7 @@ class MMDiTSampler:
                 f"{spec.latent_format.channels}-channel latents (use MMDiTEmptyLatent with family "
                 f"{spec.display_name}, or encode with its VAE)"
             )
+        check_family(spec, FAMILIES, positive=positive, negative=negative)
         check_text_width(host, model, spec, positive=positive, negative=negative)
         sigmas = schedule(host, model, spec, scheduler, steps, latent.shape, denoise)
         rule = official.guidance if guidance == "official" else None

@@ -11,11 +11,12 @@ import torch
 from ..loaders.finite import check_finite, is_finite, nonfinite_tensors
 from ..loaders.text_encoder import LoadedTextEncoder, build_text_encoder, read_text_encoder
 from ..model_defs.families import FAMILIES, family_by_display_name
-from .common import CATEGORY, files_or_placeholder, log
+from .common import CATEGORY, NO_FILE, files_or_placeholder, log
+from .conditioning import FAMILY_KEY
 from .file_inputs import validate_model_file
 from .host import get_host
 
-NONE = "none"
+NONE = NO_FILE
 
 
 @dataclass
@@ -159,4 +160,5 @@ class MMDiTTextEncode:
         extras = {name: (value.to(out, torch.float32) if isinstance(value, torch.Tensor) and value.is_floating_point()
                          else value.to(out) if isinstance(value, torch.Tensor) else value)
                   for name, value in extras.items()}
+        extras[FAMILY_KEY] = spec.name
         return ([[context.to(out, torch.float32), extras]],)

@@ -96,7 +96,7 @@ def test_official_and_host_schedules(models, loaded):
 def test_conditioning_is_native(loaded):
     (context, extras), = loaded["positive"]
     assert context.shape[0] == 1 and context.shape[2] == 128 and context.dtype == torch.float32
-    assert extras == {}  # one prompt: no padding, no mask
+    assert extras == {"mmdit_family": "qwen_image"}  # one prompt: no padding, no mask; the family it is for
 
 
 def test_text_to_image_and_back(loaded):
@@ -189,3 +189,12 @@ def test_command_line_names_missing_files(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "models/diffusion_models/qwen_image_bf16.safetensors" in err
     assert "models/text_encoders/qwen_2.5_vl_7b.safetensors" in err
+
+
+def test_conditioning_encoded_for_another_family_is_refused(loaded):
+    """Families can share an encoder file but not its template: the sampler names the mismatch."""
+    (context, extras), = loaded["positive"]
+    foreign = [[context, {**extras, "mmdit_family": "hunyuan_image"}]]
+    latent, = NODES["MMDiTEmptyLatent"]().generate(QWEN, "custom (width x height)", 32, 32, 1)
+    with pytest.raises(ValueError, match="encoded for hunyuan_image .* but the model is Qwen-Image"):
+        NODES["MMDiTSampler"]().sample(loaded["model"], foreign, loaded["negative"], latent, seed=1, steps=1, cfg=2.0)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..nodes.common import NO_FILE
+
 
 @dataclass(frozen=True)
 class ModelFile:
@@ -33,7 +35,7 @@ def model_file_inputs(workflow: dict, node_classes: dict) -> list[ModelFile]:
         cls = node_classes.get(node.get("class_type"))
         for input_name, folder in getattr(cls, "FILE_INPUTS", {}).items():
             name = node["inputs"].get(input_name)
-            if isinstance(name, str):
+            if isinstance(name, str) and name != NO_FILE:
                 found.append(ModelFile(node_id, folder, name))
     return found
 
