@@ -1,4 +1,4 @@
-"""Flow-matching sampling math shared by both hosts: sigma schedules and guidance combination.
+"""Flow-matching sampling math shared by both hosts: sigma schedules (guidance rules: model_defs/guidance).
 
 Sigmas run from 1 (pure noise) to 0 (clean latent); x_sigma = sigma * noise + (1 - sigma) * x0 and the
 networks predict the velocity v = noise - x0. Computations are done in float32, the precision the official
@@ -49,6 +49,17 @@ def linear_sigmas(steps: int) -> torch.Tensor:
     return torch.tensor(grid, dtype=torch.float64).to(torch.float32)
 
 
+def linear_sigmas_to_zero(steps: int) -> torch.Tensor:
+    """linspace(1, 0, steps + 1)[:-1]: the unshifted grid the HunyuanImage pipelines pass (as `sigmas`) to
+    their scheduler. Computed as numpy.linspace does (1 + i * (-1 / steps) in float64), then rounded to
+    float32 like the scheduler does, so every value matches diffusers' exactly. (The official HunyuanImage
+    code uses torch.linspace in float32, which differs in the last bit for some steps.)"""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    step = -1.0 / steps
+    return torch.tensor([i * step + 1.0 for i in range(steps)], dtype=torch.float64).to(torch.float32)
+
+
 @dataclass(frozen=True)
 class DynamicShiftSchedule:
     """An official pipeline's schedule: exponential shift with mu from the token count, optional terminal."""
@@ -70,6 +81,19 @@ class DynamicShiftSchedule:
         return torch.cat([sigmas.to(torch.float32), torch.zeros(1)])
 
 
+@dataclass(frozen=True)
+class ConstantShiftSchedule:
+    """An official pipeline's schedule with a fixed shift (HunyuanImage 2.1: 5 base, 4 distilled): diffusers'
+    FlowMatchEulerDiscreteScheduler(shift=shift) given sigmas = linspace(1, 0, steps + 1)[:-1].
+    Same interface as DynamicShiftSchedule; the image size does not matter here."""
+
+    shift: float
+
+    def sigmas(self, steps: int, image_tokens: int | None = None) -> torch.Tensor:
+        """steps + 1 float32 sigmas ending in 0 (timesteps = sigmas[:-1] * 1000)."""
+        return torch.cat([constant_shift(linear_sigmas_to_zero(steps), self.shift), torch.zeros(1)])
+
+
 def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
     """steps + 1 sigmas: the linear grid under a constant shift, ending in 0."""
     return torch.cat([constant_shift(linear_sigmas(steps), shift), torch.zeros(1)])
@@ -84,20 +108,3 @@ def partial_schedule(make_sigmas, steps: int, denoise: float) -> torch.Tensor:
         return make_sigmas(steps)
     total = max(steps, int(steps / denoise))
     return make_sigmas(total)[-(steps + 1):]
-
-
-def norm_rescaled_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, to_tokens, from_tokens) -> torch.Tensor:
-    """True CFG as the Qwen-Image pipeline does it: combine, then rescale every token's prediction to the
-    norm of the conditional one (keeps high CFG from inflating the latent's magnitude).
-
-    to_tokens(t) -> [batch, tokens, features] and from_tokens(tokens) -> t's layout: the norm is taken over
-    the features of one patch token (16 channels x 2 x 2 for Qwen-Image), as the pipeline does on its
-    packed latents.
-    """
-    cond_tokens = to_tokens(cond)
-    uncond_tokens = to_tokens(uncond)
-    combined = uncond_tokens + scale * (cond_tokens - uncond_tokens)
-    cond_norm = torch.linalg.vector_norm(cond_tokens, dim=-1, keepdim=True)
-    combined_norm = torch.linalg.vector_norm(combined, dim=-1, keepdim=True)
-    ratio = torch.where(combined_norm > 0, cond_norm / combined_norm, torch.ones_like(combined_norm))
-    return from_tokens(combined * ratio)

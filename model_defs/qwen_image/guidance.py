@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..sampling import norm_rescaled_cfg
+from ..guidance.cfg import norm_rescaled_cfg
 from .family import PATCH_SIZE
 from .transformer import pack_latent, unpack_tokens
 
