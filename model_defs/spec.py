@@ -20,9 +20,12 @@ class Schedule(Protocol):
         """steps + 1 descending sigmas ending in 0, for an image of `image_tokens` tokens."""
 
 
-# A guidance rule: rule(scale, sigmas) -> combine(cond_velocity, uncond_velocity, sigma) -> velocity.
-# One combine function is made per sampling run, so rules with state across steps (momentum) start fresh.
-GuidanceRule = Callable[[float, torch.Tensor], Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]]
+# A guidance rule: rule(scale, positive_extras) -> a fresh guidance object for one sampling run (rules with
+# state across steps, like a momentum buffer, start clean), with the interface of model_defs/guidance:
+#     needs_uncond(step_index, num_steps) -> bool
+#     combine(cond_velocity, uncond_velocity, step_index, num_steps, sigma) -> velocity
+# positive_extras: the positive conditioning's extras (a rule may depend on the prompt, e.g. glyph text).
+GuidanceRule = Callable[[float, Mapping], object]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..guidance.cfg import norm_rescaled_cfg
+from ..guidance.cfg import ClassifierFreeGuidance, norm_rescaled_cfg
 from .family import PATCH_SIZE
 from .transformer import pack_latent, unpack_tokens
 
@@ -33,6 +33,17 @@ def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Te
     return out.unsqueeze(2) if five_d else out
 
 
-def true_cfg_rule(scale: float, sigmas: torch.Tensor):
-    """The guidance rule in the family-spec form: stateless, the same combine at every step."""
-    return lambda cond, uncond, sigma: true_cfg(cond, uncond, scale)
+class TrueCFG(ClassifierFreeGuidance):
+    """true_cfg with the per-run interface of model_defs/guidance (stateless: the same rule every step)."""
+
+    kind = "true_cfg"
+
+    def combine(self, cond, uncond, step_index=0, num_steps=1, sigma=None):
+        if uncond is None or not self.needs_uncond(step_index, num_steps):
+            return cond
+        return true_cfg(cond, uncond, self.scale)
+
+
+def true_cfg_rule(scale: float, positive_extras=None) -> TrueCFG:
+    """The family's guidance rule (model_defs/spec.py GuidanceRule)."""
+    return TrueCFG(scale)

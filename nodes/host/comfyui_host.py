@@ -32,6 +32,7 @@ import folder_paths
 
 from ...loaders.finite import check_finite
 from ...model_defs.families import FAMILIES
+from ...model_defs.guidance import as_sampler_cfg_function
 from ...model_defs.spec import FamilySpec
 from ..sampling_request import OVERFLOW_REMEDY, SamplingRequest
 from .comfy_bindings import BINDINGS, binding
@@ -149,20 +150,6 @@ def _model_config(spec: FamilySpec, network_config, attention_backend: str):
             return model_class(self, device=device)
 
     return MMDiTModelConfig({"image_model": f"mmdit_{spec.name}"})
-
-
-def _velocity_guidance(combine):
-    """A sampler_cfg_function running a family's guidance on velocities. ComfyUI hands it noise-unit
-    predictions, x - denoised = sigma * velocity for flow models, per sample."""
-
-    def cfg_function(args):
-        cond, uncond = args["cond"], args["uncond"]
-        sigma = args["sigma"].to(cond.dtype).reshape(-1, *([1] * (cond.ndim - 1)))
-        safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))  # at sigma 0 the units agree
-        velocity = combine(cond / safe, uncond / safe, float(args["sigma"].reshape(-1)[0]))
-        return velocity * safe
-
-    return cfg_function
 
 
 _Backup = collections.namedtuple("Backup", ["weight", "inplace_update"])  # the shape of ModelPatcher's backup records
@@ -370,7 +357,9 @@ class ComfyUIHost:
             noise = torch.zeros(latent.size(), dtype=latent.dtype, layout=latent.layout, device="cpu")
         if request.guidance is not None and request.cfg != 1.0 and "sampler_cfg_function" not in model.model_options:
             model = model.clone()
-            model.set_model_sampler_cfg_function(_velocity_guidance(request.guidance(request.cfg, request.sigmas)))
+            extras = request.positive[0][1] if request.positive else {}
+            model.set_model_sampler_cfg_function(  # the family's rule, on velocities, stepped by our schedule
+                as_sampler_cfg_function(lambda scale: request.guidance(scale, extras), request.sigmas))
         steps = len(request.sigmas) - 1
         callback = latent_preview.prepare_callback(model, steps)
         return comfy.sample.sample_custom(

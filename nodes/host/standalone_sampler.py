@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ...loaders.finite import check_finite
+from ...model_defs.guidance import ClassifierFreeGuidance
 from ..sampling_request import OVERFLOW_REMEDY, SamplingRequest, initial_noise
 
 
@@ -51,11 +52,11 @@ def sample_euler(model, request: SamplingRequest, progress) -> torch.Tensor:
     batch = x.shape[0]
 
     positive = _network_inputs(family, request.positive, batch, device, dtype)
-    use_cfg = request.cfg != 1.0
-    negative = _network_inputs(family, request.negative, batch, device, dtype) if use_cfg else None
-    combine = request.guidance(request.cfg, sigmas) if use_cfg and request.guidance is not None else None
-
+    rule = request.guidance or (lambda scale, extras: ClassifierFreeGuidance(scale))
+    guide = rule(request.cfg, request.positive[0][1])
     steps = len(sigmas) - 1
+    use_uncond = any(guide.needs_uncond(i, steps) for i in range(steps))
+    negative = _network_inputs(family, request.negative, batch, device, dtype) if use_uncond else None
 
     def predict(x, sigma, inputs, where):
         timestep = torch.full((batch,), sigma * family.timestep_scale, device=device, dtype=torch.float32)
@@ -66,13 +67,9 @@ def sample_euler(model, request: SamplingRequest, progress) -> torch.Tensor:
     for i in range(steps):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
         where = f"at step {i + 1} of {steps} (sigma {sigma:.4f}, {dtype})"
-        velocity = predict(x, sigma, positive, where)
-        if use_cfg:
-            uncond = predict(x, sigma, negative, where)
-            if combine is not None:
-                velocity = combine(velocity, uncond, sigma)
-            else:
-                velocity = uncond + request.cfg * (velocity - uncond)
+        cond = predict(x, sigma, positive, where)
+        uncond = predict(x, sigma, negative, where) if guide.needs_uncond(i, steps) else None
+        velocity = guide.combine(cond, uncond, i, steps, sigma)
         x = x + (sigma_next - sigma) * velocity
         progress.update(1)
     return family.latent_format.to_vae(x.cpu())
