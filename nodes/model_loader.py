@@ -12,10 +12,10 @@ WEIGHT_DTYPE_CHOICES = ["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp
 
 
 class MMDiTModelLoader:
-    DESCRIPTION = ("Loads a Qwen-Image diffusion model from models/diffusion_models (or models/unet): the "
-                   "ComfyUI, diffusers or official layout, in bf16/fp16, FP8 (plain or scaled) or GGUF, all "
-                   "recognised from the file. Quantized weights stay quantized in memory and are expanded one "
-                   "layer at a time as it runs. Returns a native MODEL, so the core KSampler, LoRA loaders "
+    DESCRIPTION = ("Loads a Qwen-Image or HunyuanImage 2.1 (base or distilled) diffusion model from "
+                   "models/diffusion_models (or models/unet): the ComfyUI, diffusers or official layout, in "
+                   "bf16/fp16, FP8 (plain, scaled or the official release's) or GGUF, all recognised from the "
+                   "file. Quantized weights stay quantized in memory and are expanded one layer at a time as it runs. Returns a native MODEL, so the core KSampler, LoRA loaders "
                    "and ModelSampling nodes work with it.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("MODEL",)

@@ -8,6 +8,7 @@ import torch
 
 from ..loaders.finite import check_finite
 from ..loaders.vae import LoadedVAE, load_vae, read_vae
+from ..model_defs.families import FAMILIES
 from .common import CATEGORY, files_or_placeholder, log
 from .file_inputs import validate_model_file
 from .host import get_host
@@ -98,8 +99,9 @@ class MMDiTVAEDecode:
         module = vae.module
         latent = samples["samples"]
         if latent.shape[1] != module.latent_channels:
-            raise ValueError(f"this latent has {latent.shape[1]} channels; the {vae.loaded.description} decodes "
-                             f"{module.latent_channels}-channel latents (was it made for another model family?)")
+            raise ValueError(f"this latent has {latent.shape[1]} channels{_families_with(latent.shape[1])}; the "
+                             f"{vae.loaded.description} decodes {module.latent_channels}-channel latents: load the "
+                             f"VAE of the model family that made the latent")
         host = get_host()
         scale = module.downscale
         one = (1,) + tuple(latent.shape[1:])
@@ -146,6 +148,11 @@ class MMDiTVAEEncode:
         check_finite(latent, module, vae.loaded.path, "VAE", f"while encoding ({vae.managed.dtype})",
                      VAE_OVERFLOW_REMEDY)
         return ({"samples": latent.to(host.intermediate_device(), torch.float32)},)
+
+
+def _families_with(channels: int) -> str:
+    names = [spec.display_name for spec in FAMILIES.values() if spec.latent_format.channels == channels]
+    return f" ({' or '.join(names)} latents)" if names else ""
 
 
 def _tick(progress, done: int, total: int) -> None:
