@@ -141,7 +141,7 @@ def test_wrong_latent_is_a_clear_error(loaded):
     flux_like = {"samples": torch.zeros(1, 4, 8, 8)}
     with pytest.raises(ValueError, match="latent has 4 channels but Qwen-Image works on 16-channel latents"):
         NODES["MMDiTSampler"]().sample(loaded["model"], loaded["positive"], loaded["negative"], flux_like, seed=0)
-    with pytest.raises(ValueError, match="4 channels; the .* decodes 16-channel latents"):
+    with pytest.raises(ValueError, match="4 channels; the .* decodes 16-channel latents: load the VAE"):
         NODES["MMDiTVAEDecode"]().decode(flux_like, loaded["vae"])
 
 
