@@ -22,7 +22,7 @@ class ScaledRMSNorm(torch.nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, dtype=None, device=None):
         super().__init__()
         self.eps = eps
-        self.scale = torch.nn.Parameter(torch.empty(dim, dtype=dtype, device=device))
+        self.scale = torch.nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.scale.shape, cast_like(self.scale, x), self.eps)

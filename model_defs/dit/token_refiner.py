@@ -19,7 +19,6 @@ padding included, and masks differently; diffusers is followed here.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..attention import attention
 from ..embeddings import MLPEmbedder, sinusoidal_embedding

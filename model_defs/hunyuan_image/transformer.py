@@ -197,13 +197,13 @@ def _repeat_to_batch(tensor: torch.Tensor | None, batch: int, what: str) -> torc
     return tensor.repeat_interleave(batch // tensor.shape[0], dim=0)
 
 
-def _key_mask(mask: torch.Tensor | None, batch: int, tokens: int, what: str) -> torch.Tensor | None:
+def _key_mask(mask: torch.Tensor | None, batch: int, tokens: int, what: str, device) -> torch.Tensor | None:
     """A bool [batch, tokens] mask (True = real token) from a [batch or 1, tokens] one; no device sync."""
     if mask is None:
         return None
     if mask.ndim != 2 or mask.shape[1] != tokens:
         raise ValueError(f"{what} of shape {tuple(mask.shape)} does not fit {tokens} tokens")
-    return _repeat_to_batch(mask, batch, what).to(torch.bool)
+    return _repeat_to_batch(mask, batch, what).to(device=device, dtype=torch.bool)
 
 
 class HunyuanImageTransformer(torch.nn.Module):
@@ -275,6 +275,26 @@ class HunyuanImageTransformer(torch.nn.Module):
             vec = vec + self.guidance_in(timestep_features(scale * 1000, dtype))
         return vec
 
+    def _embed_text(self, context, attention_mask, txt_byt5, txt_byt5_mask, timestep, batch, dtype):
+        """The text part of the joint sequence, [refined Qwen2.5-VL tokens; mapped ByT5 tokens], and its key
+        mask (bool [B, tokens], None when every token is real)."""
+        device = timestep.device
+        context = _repeat_to_batch(context, batch, "text").to(device=device, dtype=dtype)
+        text_mask = _key_mask(attention_mask, batch, context.shape[1], "attention mask", device)
+        glyph_mask, glyph_tokens = None, 0
+        if self.byt5_in is not None and txt_byt5 is not None:
+            txt_byt5 = _repeat_to_batch(txt_byt5, batch, "glyph text").to(device=device, dtype=dtype)
+            glyph_mask = _key_mask(txt_byt5_mask, batch, txt_byt5.shape[1], "glyph text mask", device)
+            glyph_tokens = txt_byt5.shape[1]
+        text_keys = self._text_key_mask(text_mask, glyph_mask, context.shape[1], glyph_tokens, batch)
+        if text_keys is None:
+            text_mask = None  # every token is real: no masks anywhere (and the fast attention kernels)
+
+        txt = self.txt_in(context, timestep, text_mask)
+        if glyph_tokens:
+            txt = torch.cat((txt, self.byt5_in(txt_byt5)), dim=1)
+        return txt, text_keys
+
     def forward(
         self,
         x: torch.Tensor,
@@ -313,23 +333,9 @@ class HunyuanImageTransformer(torch.nn.Module):
         batch, dtype, device = grid_latent.shape[0], grid_latent.dtype, grid_latent.device
 
         timestep = _per_sample(timestep, batch, "timestep").to(device)
-        context = _repeat_to_batch(context, batch, "text").to(dtype)
-        text_mask = _key_mask(attention_mask, batch, context.shape[1], "attention mask")
-        use_byt5 = self.byt5_in is not None and txt_byt5 is not None
-        glyph_mask = None
-        if use_byt5:
-            txt_byt5 = _repeat_to_batch(txt_byt5, batch, "glyph text").to(dtype)
-            glyph_mask = _key_mask(txt_byt5_mask, batch, txt_byt5.shape[1], "glyph text mask")
-        glyph_tokens = txt_byt5.shape[1] if use_byt5 else 0
-        text_keys = self._text_key_mask(text_mask, glyph_mask, context.shape[1], glyph_tokens, batch)
-        if text_keys is None:
-            text_mask = None  # every token is real: no masks anywhere (and the fast attention kernels)
-
         img = self.img_in(grid_latent)
         vec = self._embed_vec(timestep, guidance, timestep_r, disable_time_r, transformer_options, batch, dtype)
-        txt = self.txt_in(context, timestep, text_mask)
-        if use_byt5:
-            txt = torch.cat((txt, self.byt5_in(txt_byt5)), dim=1)
+        txt, text_keys = self._embed_text(context, attention_mask, txt_byt5, txt_byt5_mask, timestep, batch, dtype)
 
         n_img = img.shape[1]
         positions = torch.cat((grid_positions(grid, device),
