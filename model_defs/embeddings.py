@@ -42,3 +42,16 @@ class TimestepMLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(torch.nn.functional.silu(self.linear_1(x)))
+
+
+class MLPEmbedder(torch.nn.Module):
+    """in_layer -> SiLU -> out_layer: the same lift under the FLUX / HunyuanVideo names (`time_in`,
+    `guidance_in`, `time_r_in`, the token refiner's `t_embedder` / `c_embedder`). FLUX.2 has no biases."""
+
+    def __init__(self, in_dim: int, dim: int, operations, bias: bool = True, dtype=None, device=None):
+        super().__init__()
+        self.in_layer = operations.Linear(in_dim, dim, bias=bias, dtype=dtype, device=device)
+        self.out_layer = operations.Linear(dim, dim, bias=bias, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_layer(torch.nn.functional.silu(self.in_layer(x)))

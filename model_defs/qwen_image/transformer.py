@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import attention, normalize_key_mask, resolve_backend
+from ..dit.hooks import BlockHooks, run_double_blocks
 from ..embeddings import TimestepMLP, sinusoidal_embedding
 from ..rope import RotaryTable, apply_rope, rope_angles
 from . import family
@@ -367,34 +368,12 @@ class QwenImageTransformer(torch.nn.Module):
         return out.unsqueeze(2) if len(input_shape) == 5 else out
 
     def _run_blocks(self, img, txt, temb, rope, text_mask, transformer_options, control, grid):
-        """The block loop, honouring ComfyUI-style hooks carried in transformer_options (plain dicts):
-        patches_replace["dit"][("double_block", i)] replaces block i, patches["double_block"] post-process
-        each block, and control["input"][i] is added to the image tokens after block i (ControlNets)."""
-        blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
-        block_patches = transformer_options.get("patches", {}).get("double_block", [])
-        control_inputs = (control or {}).get("input") or []
+        """The block loop, honouring ComfyUI-style hooks (see dit/hooks.py); replacements get ComfyUI's
+        Qwen-Image args {"img", "txt", "vec", "pe", "transformer_options"}."""
+        def call_block(block, img, txt, args):
+            return block(img, txt, args["vec"], args["pe"], text_mask)
 
-        for i, block in enumerate(self.transformer_blocks):
-            replace = blocks_replace.get(("double_block", i))
-            if replace is not None:
-                def original_block(args, block=block):
-                    img_out, txt_out = block(args["img"], args["txt"], args["vec"], args["pe"], text_mask)
-                    return {"img": img_out, "txt": txt_out}
-
-                out = replace(
-                    {"img": img, "txt": txt, "vec": temb, "pe": rope, "transformer_options": transformer_options},
-                    {"original_block": original_block},
-                )
-                img, txt = out["img"], out["txt"]
-            else:
-                img, txt = block(img, txt, temb, rope, text_mask)
-
-            for patch in block_patches:
-                out = patch({"img": img, "txt": txt, "x": grid, "block_index": i,
-                             "transformer_options": transformer_options})
-                img, txt = out["img"], out["txt"]
-
-            if i < len(control_inputs) and control_inputs[i] is not None:
-                add = control_inputs[i]
-                img = torch.cat([img[:, :add.shape[1]] + add, img[:, add.shape[1]:]], dim=1)
+        hooks = BlockHooks(transformer_options, control)
+        img, _ = run_double_blocks(self.transformer_blocks, img, txt, {"vec": temb, "pe": rope}, call_block,
+                                   hooks, x=grid)
         return img
