@@ -44,11 +44,79 @@ class Rule:
     markers: tuple[str, ...]  # keys that must all be present (after the prefix)
     check: Callable[[dict, str], bool] | None = None  # an extra test on the shapes, given the prefix
     supported: bool = True
+    # A fuller description read from the file's names (a variant, say), given the keys and the prefix.
+    describe: Callable[[set, str], str] | None = None
 
 
 def _shape(shapes, prefix, key):
     return tuple(shapes.get(prefix + key, ()))
 
+
+# --- the HunyuanVideo key family: HunyuanImage 2.1, its refiner, HunyuanVideo -----------------------------------
+# Names say the layout; shapes say the model. HunyuanImage 2.1 patchifies in 2-D: its image input weight
+# is [hidden, 64, 1, 1]. The refiner and every HunyuanVideo patchify in 3-D (rank 5). The refiner takes 128
+# channels (64 noisy + 64 conditioning) and has no pooled-CLIP `vector_in` (HunyuanVideo 1.0 has one) and no
+# vision input (HunyuanVideo 1.5 has one). Text width and the ByT5 mapper do not separate them: HunyuanVideo
+# 1.5 also reads 3584-wide Qwen2.5-VL states and has byt5_in.
+HUNYUAN_LAYOUTS = {  # layout: (marker keys, image input weight, what only the distilled variant has, description)
+    "comfyui": (("double_blocks.0.img_attn.qkv.weight", "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+                "img_in.proj.weight", ("guidance_in.", "time_r_in."), "ComfyUI layout"),
+    "fused_original": (("double_blocks.0.img_attn_qkv.weight", "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+                       "img_in.proj.weight", ("guidance_in.", "time_r_in."), "original names, fused q/k/v"),
+    "tencent": (("double_blocks.0.img_attn_q.weight", "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+                "img_in.proj.weight", ("guidance_in.", "time_r_in."), "official Tencent layout, split q/k/v"),
+    "diffusers": (("context_embedder.token_refiner.refiner_blocks.0.norm1.weight", "x_embedder.proj.weight"),
+                  "x_embedder.proj.weight",
+                  ("time_guidance_embed.guidance_embedder.", "time_guidance_embed.timestep_embedder_r."),
+                  "diffusers layout"),
+}
+VIDEO_MARKERS = ("vector_in.", "time_text_embed.text_embedder.")  # HunyuanVideo 1.0's pooled CLIP input
+VIDEO15_MARKERS = ("vision_in.", "cond_type_embedding.")  # HunyuanVideo 1.5's image conditioning
+
+
+def _has_any(keys, prefix, starts) -> bool:
+    starts = tuple(prefix + s for s in starts)
+    return any(k.startswith(starts) for k in keys)
+
+
+def _hunyuan_kind(shapes, prefix, image_in: str) -> str:
+    """'image' (HunyuanImage 2.1), 'refiner' or 'video' for a model of the HunyuanVideo key family."""
+    shape = _shape(shapes, prefix, image_in)
+    if _has_any(shapes, prefix, VIDEO_MARKERS):
+        return "video"
+    if len(shape) == 4:
+        return "image"
+    if len(shape) == 5 and shape[1] == 128 and not _has_any(shapes, prefix, VIDEO15_MARKERS):
+        return "refiner"
+    return "video"
+
+
+def _hunyuan_rules() -> list[Rule]:
+    rules = []
+    for layout, (markers, image_in, distilled, where) in HUNYUAN_LAYOUTS.items():
+        def is_a(kind, image_in=image_in):
+            return lambda shapes, prefix: _hunyuan_kind(shapes, prefix, image_in) == kind
+
+        def describe(keys, prefix, distilled=distilled, where=where):
+            variant = "distilled " if _has_any(keys, prefix, distilled) else ""
+            return f"HunyuanImage 2.1 {variant}diffusion model ({where})"
+
+        rules += [
+            Rule("hunyuan_image", DIFFUSION_MODEL, layout, "HunyuanImage 2.1 diffusion model", markers,
+                 check=is_a("image"), describe=describe),
+            Rule("hunyuan_image", DIFFUSION_MODEL, layout, "HunyuanImage 2.1 refiner diffusion model", markers,
+                 check=is_a("refiner"), supported=False,  # runs in a later issue
+                 describe=lambda keys, prefix, where=where: f"HunyuanImage 2.1 refiner diffusion model ({where})"),
+        ]
+    return rules
+
+
+HUNYUAN_RULES = _hunyuan_rules() + [
+    Rule("hunyuan_video", DIFFUSION_MODEL, "comfyui", "HunyuanVideo diffusion model",
+         ("txt_in.individual_token_refiner.blocks.0.norm1.weight",), supported=False),
+    Rule("hunyuan_video", DIFFUSION_MODEL, "diffusers", "HunyuanVideo diffusion model (diffusers layout)",
+         ("context_embedder.token_refiner.refiner_blocks.0.norm1.weight",), supported=False),
+]
 
 RULES: list[Rule] = [
     # --- what this pack runs -------------------------------------------------------------------------
@@ -64,6 +132,8 @@ RULES: list[Rule] = [
          ("model.embed_tokens.weight", "model.layers.0.self_attn.k_proj.bias", "model.norm.weight")),
     Rule("qwen25_vl", TEXT_ENCODER, "transformers", "Qwen2.5-VL text encoder (transformers 5 names)",
          ("model.language_model.embed_tokens.weight", "model.language_model.layers.0.self_attn.k_proj.bias")),
+    Rule("qwen25_vl", TEXT_ENCODER, "llama_cpp", "Qwen2.5-VL text encoder (llama.cpp names)",
+         ("token_embd.weight", "blk.0.attn_k.bias")),
     # --- what it recognises, to say where a file belongs ----------------------------------------------
     Rule("wan22", VAE, "comfyui", "Wan 2.2 VAE (48 latent channels)",
          ("decoder.middle.0.residual.0.gamma", "conv2.weight"),
@@ -72,11 +142,7 @@ RULES: list[Rule] = [
          ("double_stream_modulation_img.lin.weight", "img_in.weight"), supported=False),
     Rule("flux", DIFFUSION_MODEL, "bfl", "FLUX.1 diffusion model",
          ("double_blocks.0.img_attn.qkv.weight", "img_in.weight", "final_layer.linear.weight"), supported=False),
-    Rule("hunyuan_image", DIFFUSION_MODEL, "comfyui", "HunyuanImage / HunyuanVideo diffusion model",
-         ("txt_in.individual_token_refiner.blocks.0.norm1.weight",), supported=False),
-    Rule("hunyuan_image", DIFFUSION_MODEL, "tencent", "HunyuanImage 2.1 diffusion model (official layout)",
-         ("double_blocks.0.img_attn_q.weight", "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
-         supported=False),
+    *HUNYUAN_RULES,
     Rule("hunyuan_image", VAE, "comfyui", "HunyuanImage 2.1 VAE", ("decoder.conv_in.weight", "encoder.conv_in.weight"),
          check=lambda s, p: len(_shape(s, p, "decoder.conv_in.weight")) == 4, supported=False),
     Rule("flux2", VAE, "bfl", "FLUX.2 VAE", ("bn.running_mean", "decoder.conv_in.weight"), supported=False),
@@ -95,6 +161,8 @@ RULES: list[Rule] = [
          supported=False),
     Rule("llama_like", TEXT_ENCODER, "comfyui", "a decoder-only language model (Mistral, Llama, Qwen3, ...)",
          ("model.embed_tokens.weight", "model.layers.0.self_attn.k_proj.weight"), supported=False),
+    Rule("llama_like", TEXT_ENCODER, "llama_cpp", "a decoder-only language model in llama.cpp names (Mistral, "
+         "Llama, Qwen3, ...)", ("token_embd.weight", "blk.0.attn_k.weight"), supported=False),
 ]
 
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_down.weight", ".lora_up.weight", ".alpha")
@@ -121,7 +189,8 @@ def identify_all(checkpoint: Checkpoint) -> list[Identity]:
                 if not rule.check(shapes, prefix):
                     continue
             claimed.add((prefix, rule.component))
-            found.append(Identity(rule.family, rule.component, rule.layout, prefix, rule.description, rule.supported))
+            description = rule.describe(keys, prefix) if rule.describe else rule.description
+            found.append(Identity(rule.family, rule.component, rule.layout, prefix, description, rule.supported))
     return found
 
 

@@ -1,8 +1,11 @@
 """Diffusion-model files -> a checked, memory-mapped state dict in the network's own names.
 
-`read_diffusion_model(path)` does everything that can fail on a bad file before any host builds a model:
-it opens the file, finds the diffusion model in it (whatever prefix it carries), reads the configuration
-from the tensor shapes, and checks every tensor name and shape against the network the family builds.
+`read_diffusion_model(path)` does everything that can fail on a bad file before any host builds a model,
+without reading tensor data: it opens the file, finds the diffusion model in it (family, layout, whatever
+prefix it carries), applies the family's key layout (loaders/layouts: renames, split q/k/v to fuse, halves
+to swap) to the names and shapes, reads the configuration from the resulting shapes, and checks every
+tensor name and shape against the network the family builds on the meta device. The state dict it returns
+makes each tensor from the file when asked (memory-mapped views; fused tensors are copied one at a time).
 The host then builds the network (with its own `operations`) and assigns the tensors.
 """
 
@@ -14,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ..model_defs.families import FamilySpec, family_spec
+from ..model_defs.families import FAMILIES, FamilySpec
 from ..model_defs.ops import StandaloneOps
+from .assign import check_shapes, module_shapes
 from .checkpoints import Checkpoint, open_checkpoint
 from .detection import DIFFUSION_MODEL, Identity, find_component
-from .assign import check_shapes, module_shapes
 from .errors import ModelFileError
-from .quant.tensor import holds_quantized
+from .layouts import diffusion_model_weights
+from .layouts.base import LayoutStateDict
 
 
 @dataclass
@@ -29,7 +33,7 @@ class DiffusionModelFile:
     identity: Identity
     family: FamilySpec
     config: object  # the family's network config, read from shapes
-    state_dict: dict[str, torch.Tensor]  # memory-mapped, keys in the network's names
+    state_dict: LayoutStateDict  # the network's names -> tensors made from the file on access
     stored_dtype: torch.dtype  # the dtype most weights are stored in
     parameter_count: int
     quantized: bool = False  # holds QuantizedTensor weights (scaled FP8, GGUF): needs quantized ops
@@ -52,11 +56,9 @@ def read_diffusion_model(path, checkpoint: Checkpoint | None = None) -> Diffusio
         path = path / "transformer"  # a diffusers repo root: the diffusion model is in transformer/
     checkpoint = checkpoint or open_checkpoint(path)
     identity = find_component(checkpoint, DIFFUSION_MODEL)
-    family = family_spec(identity.family)
-    prefix = identity.prefix
-    keys = [k for k in checkpoint.keys() if k.startswith(prefix)]
-    names = {k: k[len(prefix):] for k in keys}
-    shapes = {names[k]: checkpoint.shape(k) for k in keys}
+    family = _family(checkpoint, identity)
+    weights = diffusion_model_weights(checkpoint, identity)
+    shapes = weights.shapes
 
     try:
         config = family.config_from_shapes(shapes)
@@ -65,9 +67,19 @@ def read_diffusion_model(path, checkpoint: Checkpoint | None = None) -> Diffusio
                              f"cannot be read", found=f"{type(e).__name__}: {e}") from None
     check_shapes(checkpoint.path, identity.description, shapes, expected_shapes(family, config))
 
-    state_dict = {names[k]: checkpoint.tensor(k) for k in keys}
-    dtypes = Counter(checkpoint.dtype(k) for k in keys if len(checkpoint.shape(k)) >= 2)
+    file_keys = [identity.prefix + k for k in weights.file_keys()]
+    dtypes = Counter(checkpoint.dtype(k) for k in file_keys if len(checkpoint.shape(k)) >= 2)
     stored_dtype = dtypes.most_common(1)[0][0] if dtypes else torch.float32
     count = sum(torch.Size(s).numel() for s in shapes.values())
-    return DiffusionModelFile(str(checkpoint.path), identity, family, config, state_dict, stored_dtype, count,
-                              holds_quantized(state_dict))
+    return DiffusionModelFile(str(checkpoint.path), identity, family, config, weights, stored_dtype, count,
+                              weights.holds_quantized())
+
+
+def _family(checkpoint: Checkpoint, identity: Identity) -> FamilySpec:
+    """The family's spec; a clear error for a family detected but whose network is not part of the pack yet."""
+    spec = FAMILIES.get(identity.family)
+    if spec is None:
+        raise ModelFileError(checkpoint.path, f"holds a {identity.description}, which this pack does not run yet",
+                             found=identity.description,
+                             expected=" or ".join(s.display_name + " diffusion model" for s in FAMILIES.values()))
+    return spec

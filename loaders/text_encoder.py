@@ -30,6 +30,7 @@ from .check_cache import fingerprint
 from .checkpoints import Checkpoint, open_checkpoint
 from .detection import TEXT_ENCODER, Identity, find_component
 from .errors import ModelFileError
+from .layouts import llama_cpp
 from .quant.ops import quantized_ops
 from .quant.tensor import holds_quantized
 
@@ -87,13 +88,19 @@ def _weights_location(path: Path) -> Path:
     return path
 
 
-def language_model_names(checkpoint: Checkpoint, prefix: str) -> dict[str, str]:
-    """{file key: language-model name} for the language model's tensors (vision tower, LM head left out)."""
+def language_model_names(checkpoint: Checkpoint, prefix: str, layout: str = "") -> dict[str, str]:
+    """{file key: language-model name} for the language model's tensors (vision tower, LM head left out).
+    A file in llama.cpp's names (layout "llama_cpp") is read through that key layout first."""
+    renamed = {}
+    if layout == llama_cpp.LLAMA_CPP.name:
+        keys = [k[len(prefix):] for k in checkpoint.keys() if k.startswith(prefix)]
+        renamed = llama_cpp.transformers_names(keys, checkpoint.metadata.get("general.architecture"), checkpoint.path)
     names = {}
     for key in checkpoint.keys():
         if not key.startswith(prefix):
             continue
         rest = key[len(prefix):]
+        rest = renamed.get(rest, rest)
         if rest.startswith(SKIPPED_PREFIXES):
             continue
         for lm_prefix in LANGUAGE_MODEL_PREFIXES:
@@ -160,7 +167,7 @@ def read_text_encoder(path, tokenizer_path=None, tokenizer_search=()) -> TextEnc
     weights = _weights_location(Path(path))
     checkpoint = open_checkpoint(weights)
     identity = find_component(checkpoint, TEXT_ENCODER)
-    names = language_model_names(checkpoint, identity.prefix)
+    names = language_model_names(checkpoint, identity.prefix, identity.layout)
     shapes = {name: checkpoint.shape(key) for key, name in names.items()}
     try:
         config = qwen25vl.config_from_shapes(shapes)

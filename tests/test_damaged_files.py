@@ -364,16 +364,6 @@ def test_gguf_original_shape_must_fit_the_data(tmp_path, shape, fragment):
     assert open_checkpoint(_variant(tmp_path, "orig_ok.gguf", builder.build())).shape("a.weight") == (2, 2, 64)
 
 
-def test_gguf_llama_cpp_names_mapping_to_one_name(tmp_path):
-    builder = _base_gguf()
-    builder.tensors[0].name = "model.norm.weight"
-    builder.tensors[2].name = "output_norm.weight"
-    builder.tensors[2].dims, builder.tensors[2].qtype = (20,), int(T.F32)
-    builder.tensors[2].data = np.zeros(20, np.float32).tobytes()
-    builder.tensors[1].name = "blk.0.attn_q.weight"
-    refused(_variant(tmp_path, "two_norms.gguf", builder.build()), "map to the same name 'model.norm.weight'")
-
-
 # --- sharded indexes, .pt files ------------------------------------------------------------------------
 @pytest.fixture
 def sharded(tmp_path):

@@ -14,17 +14,16 @@ Checked, each failure a ModelFileError naming the file:
   at the previous end aligned up, each of the byte size its type and shape require; the file ends at the
   last end aligned up (or exactly at the last end). No overlap, no gap, nothing extra;
 * then what this pack needs: types it can dequantize, `comfy.gguf.orig_shape.<name>` (a converter's record
-  of a reshaped tensor's shape) a list of positive integers with the stored element count, no llama.cpp
-  file of an architecture whose attention weights llama.cpp permutes.
+  of a reshaped tensor's shape) a list of positive integers with the stored element count.
 
 Keys and tensor names must be UTF-8; a string value that is not is kept as bytes (the pack reads none of
 those). Arrays longer than DECODED_ARRAY_ITEMS (tokenizer vocabularies) and very long strings are stepped
 over, not decoded, so memory stays bounded whatever the counts say.
 
-Names: diffusion models are stored under the pack's (ComfyUI) names, as ComfyUI-GGUF's converter writes
-them. Text encoders converted by llama.cpp use its names (token_embd, blk.N.attn_q, ...): they are mapped
-back to the transformers / ComfyUI names. Quantized tensors come out as QuantizedTensor (dequantized per
-layer at forward time), F32/F16/BF16 tensors as plain tensors.
+Names are given as stored: diffusion models under the pack's (ComfyUI) names, as ComfyUI-GGUF's converter
+writes them; text encoders converted by llama.cpp under its names (token_embd, blk.N.attn_q, ...), which
+the llama_cpp key layout (loaders/layouts/llama_cpp.py) maps to transformers' names. Quantized tensors come
+out as QuantizedTensor (dequantized per layer at forward time), F32/F16/BF16 tensors as plain tensors.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import functools
 import math
 import mmap
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,26 +67,6 @@ STRING_MIN_BYTES = 8  # its uint64 length
 ARRAY_MIN_BYTES = 12  # item type (uint32) + count (uint64)
 KV_MIN_BYTES = STRING_MIN_BYTES + 4 + 1  # key, value type, the smallest value
 TENSOR_INFO_MIN_BYTES = STRING_MIN_BYTES + 4 + 4 + 8  # name, n_dims, type, offset
-
-# llama.cpp's names for a decoder-only language model (Qwen2/Qwen2-VL, ...) -> transformers' names.
-LLAMA_CPP_NAMES = [
-    (r"^token_embd\.", "model.embed_tokens."),
-    (r"^output_norm\.", "model.norm."),
-    (r"^output\.", "lm_head."),
-    (r"^blk\.(\d+)\.attn_norm\.", r"model.layers.\1.input_layernorm."),
-    (r"^blk\.(\d+)\.ffn_norm\.", r"model.layers.\1.post_attention_layernorm."),
-    (r"^blk\.(\d+)\.attn_q\.", r"model.layers.\1.self_attn.q_proj."),
-    (r"^blk\.(\d+)\.attn_k\.", r"model.layers.\1.self_attn.k_proj."),
-    (r"^blk\.(\d+)\.attn_v\.", r"model.layers.\1.self_attn.v_proj."),
-    (r"^blk\.(\d+)\.attn_output\.", r"model.layers.\1.self_attn.o_proj."),
-    (r"^blk\.(\d+)\.ffn_gate\.", r"model.layers.\1.mlp.gate_proj."),
-    (r"^blk\.(\d+)\.ffn_up\.", r"model.layers.\1.mlp.up_proj."),
-    (r"^blk\.(\d+)\.ffn_down\.", r"model.layers.\1.mlp.down_proj."),
-]
-# Architectures whose llama.cpp conversion permutes the q/k rows (for its RoPE layout); mapping those
-# back is not implemented yet, so they are refused rather than loaded wrong.
-PERMUTED_QK_ARCHITECTURES = {"llama", "mistral", "mistral3"}
-
 
 @functools.cache
 def ggml_types() -> dict[int, tuple[str, int, int]]:
@@ -307,13 +285,6 @@ def _nbytes(path, name: str, dims: tuple[int, ...], qtype: int, file_size: int) 
     return count // block * type_size
 
 
-def transformers_name(name: str) -> str:
-    for pattern, replacement in LLAMA_CPP_NAMES:
-        if re.match(pattern, name):
-            return re.sub(pattern, replacement, name)
-    return name
-
-
 @dataclass(frozen=True)
 class _Entry:
     qtype: int
@@ -332,18 +303,10 @@ class GGUFFile(Checkpoint):
         self.architecture = self.metadata.get(ARCHITECTURE_KEY, "")
         if not isinstance(self.architecture, str):
             raise _unreadable(self.path, f"{ARCHITECTURE_KEY} is not a string", found=brief(self.architecture))
-        llama_cpp = any(t.name.startswith("blk.") for t in header.tensors)
-        if llama_cpp and self.architecture in PERMUTED_QK_ARCHITECTURES:
-            raise ModelFileError(self.path, f"is a llama.cpp GGUF of architecture {brief(self.architecture)}, whose "
-                                 "attention weights llama.cpp stores permuted; reading those is not supported yet",
-                                 expected="a Qwen2/Qwen2.5-VL text encoder GGUF")
         self._entries: dict[str, _Entry] = {}
-        for info in header.tensors:
-            name = transformers_name(info.name) if llama_cpp else info.name
-            if name in self._entries:
-                raise _unreadable(self.path, f"two tensors map to the same name {brief(name)}")
+        for info in header.tensors:  # names are unique (the header parser checks)
             shape = self._original_shape(info) or tuple(reversed(info.dims))
-            self._entries[name] = _Entry(info.qtype, shape, header.data_start + info.offset, info.nbytes)
+            self._entries[info.name] = _Entry(info.qtype, shape, header.data_start + info.offset, info.nbytes)
         self._check_types()
         self._map = MappedFile(self.path)
 

@@ -15,11 +15,20 @@ Layouts read:
 * ComfyUI's newer mixed-precision files: per layer `<layer>.comfy_quant` (UTF-8 JSON as uint8, e.g.
   {"format": "float8_e4m3fn"}), `<layer>.weight_scale` and optionally `<layer>.input_scale`; layers
   without comfy_quant stay in their stored precision;
-* an official release (Tencent's HunyuanVideo / HunyuanImage FP8): a weights file `<name>.pt` (or
-  .safetensors) of FP8 weights and beside it `<name>_map.pt` (or _map.safetensors), a dictionary from layer
-  name (`double_blocks.0.img_attn_qkv`) to that layer's scale; value = weight * scale. The map is read
-  with `torch.load(weights_only=True)`, never full unpickling. As in the official code, a map entry for a
-  weight that is not FP8 is not applied.
+* an official release: a weights file of FP8 weights and beside it a map from layer name to that layer's
+  scale (value = weight * scale). The map is read with `torch.load(weights_only=True)`, never full
+  unpickling. As in the official code, a map entry for a weight that is not FP8 is not applied.
+  - HunyuanVideo: `<name>.pt` + `<name>_map.pt` (layer names like `double_blocks.0.img_attn_qkv`).
+  - HunyuanImage 2.1 (tencent/HunyuanImage-2.1 dit/): `<name>_fp8.safetensors` +
+    `<name>_fp8_scale.safetensors`, layer names of the official split layout (`double_blocks.0.img_attn_q`,
+    `single_blocks.0.linear1_mlp`, `single_blocks.0.linear2.fc`), one float32 per Linear inside the
+    double/single blocks. The official loader (hyimage convert_fp8_linear, then load_state_dict(strict=True)
+    of the FP8 file) gives each such Linear a `weight_scale` parameter set from the map and then overwritten
+    by the weights file's own `<layer>.weight_scale`, so that file must hold them too; each scale is
+    amax / 448 (per_tensor_quantize) and is applied as weight.to(dtype) * scale.to(dtype). Here: the
+    file's own `.weight_scale` tensors are used where present (as the strict load leaves them), the map
+    supplies any the file lacks; the product is taken in float32 (the official code rounds the scale to the
+    compute dtype first, a difference of at most one bf16 rounding of the scale).
 
 Checked, each failure a ModelFileError naming the file (all from the header, no tensor data read except
 the small comfy_quant records):
@@ -50,7 +59,10 @@ SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 RECORD_SUFFIX = ".comfy_quant"
 DROPPED_SUFFIXES = (".scale_input", ".input_scale", RECORD_SUFFIX)
 MARKERS = ("scaled_fp8",)
-SCALE_MAP_SUFFIX = "_map"  # <name>.pt -> <name>_map.pt, as the official inference code derives it
+SCALE_MAP_SUFFIX = "_map"  # <name>.pt -> <name>_map.pt, as the official HunyuanVideo code derives it
+# <name>.safetensors -> <name>_scale.safetensors: HunyuanImage 2.1's hunyuanimage2.1_fp8.safetensors and
+# hunyuanimage2.1_fp8_scale.safetensors (hyimage/models/model_zoo.py names them so).
+SCALE_MAP_SUFFIXES = (SCALE_MAP_SUFFIX, "_scale")
 SUPPORTED_COMFY_QUANT = ("float8_e4m3fn", "float8_e5m2")
 MAX_RECORD_BYTES = 4096  # a comfy_quant record is a few dozen bytes of JSON
 DAMAGED_HINT = "The file is damaged or incomplete, or was written by a converter this pack does not know."
@@ -186,11 +198,25 @@ class FP8View(Checkpoint):
 def scale_map_path(weights_path) -> Path | None:
     """The scale map beside an official FP8 weights file, if there is one."""
     path = Path(weights_path)
-    for suffix in (".pt", ".safetensors", ".pth"):
-        candidate = path.with_name(path.stem + SCALE_MAP_SUFFIX + suffix)
-        if candidate.is_file() and candidate != path:
-            return candidate
+    for name in SCALE_MAP_SUFFIXES:
+        for suffix in (".pt", ".safetensors", ".pth"):
+            candidate = path.with_name(path.stem + name + suffix)
+            if candidate.is_file() and candidate != path:
+                return candidate
     return None
+
+
+def weights_beside_map(map_path) -> Path:
+    """The weights file a scale map belongs to (its name without _map / _scale)."""
+    path = Path(map_path)
+    for name in SCALE_MAP_SUFFIXES:
+        if path.stem.endswith(name):
+            stem = path.stem[: -len(name)]
+            for suffix in (".safetensors", ".pt", ".pth"):
+                if path.with_name(stem + suffix).is_file():
+                    return path.with_name(stem + suffix)
+            return path.with_name(stem + path.suffix)
+    return path
 
 
 def looks_like_scale_map(checkpoint: Checkpoint) -> bool:
@@ -220,22 +246,23 @@ def read_scale_map(path) -> dict[str, torch.Tensor]:
 
 
 def with_fp8_scales(checkpoint: Checkpoint) -> Checkpoint:
-    """`checkpoint` with its FP8 weights as QuantizedTensor, scales from the file itself or from an official
-    release's map folded in; a checkpoint without FP8 tensors as it is. Refuses an FP8 .pt without its map
-    (its weights alone are off by each layer's scale) and a map opened in place of the weights."""
-    if has_in_file_scales(checkpoint):
-        return FP8View(checkpoint)
+    """`checkpoint` with its FP8 weights as QuantizedTensor, scales from the file itself and/or from an
+    official release's map beside it folded in (the file's own scale wins where both give one); a
+    checkpoint without FP8 tensors as it is. Refuses an FP8 .pt without its map (its weights alone are off
+    by each layer's scale) and a map opened in place of the weights."""
     path = checkpoint.path
-    if looks_like_scale_map(checkpoint):
-        weights = path.with_name(path.name.replace(SCALE_MAP_SUFFIX + path.suffix, path.suffix))
+    in_file = has_in_file_scales(checkpoint)
+    if not in_file and looks_like_scale_map(checkpoint):
         raise ModelFileError(path, "is an FP8 scale map, not a model",
-                             hint=f"Choose the weights file it belongs to ({weights.name}); its map is found "
-                                  f"automatically.")
+                             hint=f"Choose the weights file it belongs to ({weights_beside_map(path).name}); its "
+                                  f"map is found automatically.")
     fp8 = [k for k in checkpoint.keys() if checkpoint.dtype(k) in FP8_DTYPES]
-    if not fp8:
-        return checkpoint
-    map_path = scale_map_path(path)
+    map_path = scale_map_path(path) if fp8 else None
     if map_path is None:
+        if in_file:
+            return FP8View(checkpoint)
+        if not fp8:
+            return checkpoint
         if checkpoint.format == "torch":  # official .pt releases always come with a map
             raise ModelFileError(
                 path, f"holds {len(fp8)} FP8 weights but no scales",
