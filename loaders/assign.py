@@ -54,7 +54,11 @@ def assign_state_dict(module: torch.nn.Module, state_dict: dict[str, torch.Tenso
     so the peak is the final weights plus one tensor. On any failure after the check (out of memory while
     moving, say) the module is put back on the meta device, so no half-loaded weights keep memory alive.
     """
-    check_shapes(path, description, {k: logical_shape(t) for k, t in state_dict.items()}, module_shapes(module))
+    # A layout's state dict knows its shapes without building tensors (fused ones would be built twice).
+    shapes = getattr(state_dict, "shapes", None)
+    if shapes is None:
+        shapes = {k: logical_shape(t) for k, t in state_dict.items()}
+    check_shapes(path, description, shapes, module_shapes(module))
     try:
         prepared = {name: _prepare(t, dtype, device) for name, t in state_dict.items()}
         module.load_state_dict(prepared, strict=True, assign=True)
