@@ -20,6 +20,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from ..loaders.checkpoints import SAFETENSORS_DTYPES, open_checkpoint
 from ..loaders.detection import DIFFUSION_MODEL, TEXT_ENCODER, find_component, identify_all
 from ..loaders.errors import ModelFileError
 from ..loaders.formats.open import MODEL_FILE_SUFFIXES
+from ..loaders.layouts import diffusion_model_weights
 from ..loaders.quant.fp8 import FP8_DTYPES
 from ..loaders.quant.requant import fp8_with_scale
 from ..loaders.quant.tensor import is_quantized
@@ -40,31 +42,46 @@ GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
 FP8_SCALED = "fp8_scaled"
 TYPES = GGUF_TYPES + (FP8_SCALED,)
 GGUF_BLOCK = 32  # the block width of the legacy types; K types need rows of 256 (else they fall to Q8_0)
+# general.architecture per family: ComfyUI-GGUF loads only the architectures it lists, and files HunyuanImage
+# 2.1 share HunyuanVideo's ("hyvid"); our reader recognises files by their tensors, whatever the tag.
+GGUF_ARCHITECTURES = {"hunyuan_image": "hyvid", "byt5": "t5encoder"}
 
 
 @dataclass
 class Plan:
-    name: str  # output name
-    key: str  # name in the source file
+    name: str  # output name (the network's own: the ComfyUI layout)
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # as stored in the source
+    read: Callable[[], torch.Tensor]  # the tensor, made from the source on demand
     storage: str  # "precise", "q8" (8 bits at least) or "target"
+
+
+def source_tensors(checkpoint, identity) -> dict[str, tuple[tuple[int, ...], torch.dtype, Callable]]:
+    """{output name: (shape, stored dtype, read)}. A diffusion model goes through its layout, so an official
+    or diffusers file is written in the network's own names (split q/k/v fused, halves swapped); a text
+    encoder keeps its names."""
+    prefix = identity.prefix
+    if identity.component == DIFFUSION_MODEL:
+        weights = diffusion_model_weights(checkpoint, identity)
+        return {name: (tuple(shape), checkpoint.dtype(prefix + weights.plan[name].keys()[0]),
+                       lambda name=name: weights[name])
+                for name, shape in weights.shapes.items()}
+    return {key[len(prefix):]: (tuple(checkpoint.shape(key)), checkpoint.dtype(key), lambda key=key: checkpoint.tensor(key))
+            for key in checkpoint.keys() if key.startswith(prefix)}
 
 
 def plan_tensors(checkpoint, identity, family_spec) -> list[Plan]:
     precise = family_spec.quant.precise_tensors if family_spec else ()
     eight_bit = family_spec.quant.eight_bit_tensors if family_spec else ()
     plans = []
-    for key in checkpoint.keys():
-        if not key.startswith(identity.prefix):
-            continue
-        name = key[len(identity.prefix):]
-        shape = checkpoint.shape(key)
+    for name, (shape, dtype, read) in source_tensors(checkpoint, identity).items():
         if len(shape) < 2 or shape[-1] % GGUF_BLOCK or any(p in name for p in precise) or "embed_tokens" in name:
             storage = "precise"
         elif any(p in name for p in eight_bit):
             storage = "q8"
         else:
             storage = "target"
-        plans.append(Plan(name, key, storage))
+        plans.append(Plan(name, shape, dtype, read, storage))
     return plans
 
 
@@ -128,13 +145,12 @@ def _write_gguf(checkpoint, plans, target, qtype, family, metadata, progress):
     import gguf
 
     types = gguf.GGMLQuantizationType
-    writer = gguf.GGUFWriter(str(target), arch=family, use_temp_file=True)
+    writer = gguf.GGUFWriter(str(target), arch=GGUF_ARCHITECTURES.get(family, family), use_temp_file=True)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in metadata.items():
         writer.add_string(key, value)
     for i, plan in enumerate(plans):
-        tensor = checkpoint.tensor(plan.key)
-        data = tensor.float().numpy()
+        data = plan.read().float().numpy()
         if plan.storage == "precise":
             if data.ndim < 2:
                 writer.add_tensor(plan.name, data.astype(np.float32))
@@ -159,21 +175,19 @@ def _write_gguf(checkpoint, plans, target, qtype, family, metadata, progress):
 def _write_fp8(checkpoint, plans, target, metadata, progress):
     last = {}  # the weight and its scale are written one after the other: quantize once
 
-    def parts(key):
-        if last.get("key") != key:
-            last.update(key=key, parts=fp8_with_scale(checkpoint.tensor(key)))
+    def parts(plan):
+        if last.get("name") != plan.name:
+            last.update(name=plan.name, parts=fp8_with_scale(plan.read()))
         return last["parts"]
 
     entries = [("scaled_fp8", torch.float8_e4m3fn, (0,), lambda: torch.empty(0, dtype=torch.float8_e4m3fn))]
     for plan in plans:
-        shape = checkpoint.shape(plan.key)
         if plan.storage == "precise":
-            dtype = checkpoint.dtype(plan.key)
-            entries.append((plan.name, dtype, shape, lambda k=plan.key: checkpoint.tensor(k)))
+            entries.append((plan.name, plan.dtype, plan.shape, plan.read))
             continue
         layer = plan.name[: -len(".weight")] if plan.name.endswith(".weight") else plan.name
-        entries.append((plan.name, torch.float8_e4m3fn, shape, lambda k=plan.key: parts(k)[0]))
-        entries.append((layer + ".scale_weight", torch.float32, (), lambda k=plan.key: parts(k)[1]))
+        entries.append((plan.name, torch.float8_e4m3fn, plan.shape, lambda plan=plan: parts(plan)[0]))
+        entries.append((layer + ".scale_weight", torch.float32, (), lambda plan=plan: parts(plan)[1]))
     write_safetensors_streaming(target, entries, metadata, progress)
 
 
