@@ -220,3 +220,32 @@ def test_real_qwen_tokenizer_template_prefix_is_34_tokens():
     assert (pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx, pipe.tokenizer_max_length,
             pipe.tokenizer_2_max_length) == (hunyuan_text.PROMPT_TEMPLATE, hunyuan_text.PROMPT_TEMPLATE_DROP,
                                              hunyuan_text.MAX_PROMPT_TOKENS, hunyuan_text.GLYPH_MAX_TOKENS)
+
+
+@torch.no_grad()
+def test_none_and_unpadded_glyphs_are_what_the_network_sees():
+    """Why returning None (no quoted text) and unpadded ByT5 states is exact: in diffusers'
+    HunyuanImageTransformer2DModel, 128 zero vectors with an all-false mask give the same output as no glyph
+    tokens, and real tokens padded to 128 the same as the real tokens alone (masked keys add exactly 0)."""
+    from diffusers import HunyuanImageTransformer2DModel
+
+    torch.manual_seed(0)
+    network = HunyuanImageTransformer2DModel(
+        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, text_embed_dim=32, text_embed_2_dim=24, rope_axes_dim=(8, 8)).eval()
+    latent, timestep = torch.randn(1, 8, 4, 4), torch.tensor([500.0])
+    context, mask = torch.randn(1, 6, 32), torch.ones(1, 6, dtype=torch.long)
+
+    def run(glyphs, glyph_mask):
+        return network(latent, timestep, context, mask, encoder_hidden_states_2=glyphs,
+                       encoder_attention_mask_2=glyph_mask).sample
+
+    none = run(None, None)
+    zeros = run(torch.zeros(1, 128, 24), torch.zeros(1, 128, dtype=torch.long))
+    assert (zeros - none).abs().max() <= ATOL
+    glyphs = torch.randn(1, 10, 24)
+    padded, padded_mask = torch.zeros(1, 128, 24), torch.zeros(1, 128, dtype=torch.long)
+    padded[:, :10], padded_mask[:, :10] = glyphs, 1
+    unpadded = run(glyphs, torch.ones(1, 10, dtype=torch.long))
+    assert (run(padded, padded_mask) - unpadded).abs().max() <= ATOL
+    assert (unpadded - none).abs().max() > 1e-3  # and the glyph tokens do matter
