@@ -1,65 +1,66 @@
-"""Text-encoder files -> a ready language model and its tokenizer.
+"""Text-encoder files -> a ready encoder and its tokenizer, for every kind of text encoder the pack runs.
 
-Accepted: a single file in the ComfyUI layout (qwen_2.5_vl_7b*.safetensors, or the text-encoder part of a
-full checkpoint), a Hugging Face model folder (config.json + sharded safetensors, e.g. a diffusers repo's
-text_encoder/), or a diffusers repo root holding text_encoder/ and tokenizer/. Only the language model's
-tensors are read; the vision tower and the LM head in the same files stay on disk.
+Kinds (each file's is detected from its tensors, loaders/detection.py, and reported as `encoder_kind`):
+* "qwen25_vl": Qwen2.5-VL's language model (Qwen-Image, HunyuanImage 2.1). A single file in the ComfyUI
+  layout (qwen_2.5_vl_7b*.safetensors, or the text-encoder part of a full checkpoint), a llama.cpp GGUF,
+  a Hugging Face model folder (config.json + sharded safetensors, e.g. a diffusers repo's text_encoder/),
+  or a diffusers repo root holding text_encoder/ and tokenizer/. Only the language model's tensors are
+  read; the vision tower and the LM head in the same files stay on disk.
+* "byt5": the ByT5 glyph encoder (HunyuanImage 2.1). The ComfyUI single file (byt5_small_glyphxl*.safetensors,
+  also FP8), a Hugging Face T5EncoderModel folder (transformers' names; its tied alias
+  encoder.embed_tokens.weight is skipped, decoder tensors of a full T5 are left on disk), or a GGUF in
+  llama.cpp's T5 names (token_embd, enc.blk.N.attn_q, ..., as ComfyUI-GGUF maps them) or in the ComfyUI names.
 
 `read_text_encoder(path)` does everything that can fail on a bad file, without allocating a weight: it
 opens the file, reads the configuration from the shapes, checks every tensor against a build on the meta
 device, finds and loads the tokenizer and checks that the embedding covers the tokenizer's vocabulary.
 `build_text_encoder` then assigns the memory-mapped tensors; `load_text_encoder` does both.
 
-Tokenizers are never downloaded: they come from a folder beside the weights (a diffusers repo's
-tokenizer/, `<file stem>_tokenizer/` or `tokenizer/` next to a single file) or from the places the host
-knows (the Qwen2.5 tokenizer ComfyUI ships); every loaded encoder records where its tokenizer came from.
+Tokenizers: loaders/tokenizers.py (never downloaded; the host's places are asked with the detected kind's
+tokenizer name). Every loaded encoder records where its tokenizer came from.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..model_defs.ops import StandaloneOps
-from ..model_defs.text_encoders import qwen25vl
+from ..model_defs.text_encoders import byt5, qwen25vl
+from ..model_defs.text_encoders.base import TextEncoderSpec
 from .assign import assign_state_dict, check_shapes, module_shapes
-from .check_cache import fingerprint
 from .checkpoints import Checkpoint, open_checkpoint
 from .detection import TEXT_ENCODER, Identity, find_component
 from .errors import ModelFileError
 from .layouts import llama_cpp
 from .quant.ops import quantized_ops
 from .quant.tensor import holds_quantized
+from .tokenizers import (  # noqa: F401  (re-exported: the hosts, nodes, converter and tests import them from here)
+    BUILTIN_BYT5, TOKENIZER_FILES, TokenizerPlace, check_vocabulary, find_byt5_tokenizer, find_qwen_tokenizer,
+    find_tokenizer, holds_tokenizer, load_tokenizer, places_beside)
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 # Parts of the file that are not the language model (kept on disk).
 SKIPPED_PREFIXES = ("visual.", "model.visual.", "lm_head.")
 LANGUAGE_MODEL_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
-
-
-@dataclass(frozen=True)
-class TokenizerPlace:
-    """A folder that may hold a tokenizer, and how to name it in messages."""
-
-    folder: Path
-    origin: str  # e.g. "beside the weights", "the tokenizer ComfyUI ships"
-
-    def __str__(self) -> str:
-        return f"{self.folder} ({self.origin})"
 
 
 @dataclass
 class LoadedTextEncoder:
     model: torch.nn.Module
     tokenizer: object
-    family: str  # "qwen25_vl"
+    family: str  # the encoder kind: "qwen25_vl", "byt5"
     layout: str
     path: str
     description: str
     tokenizer_source: TokenizerPlace | None = None
+
+    @property
+    def encoder_kind(self) -> str:
+        """What the file holds ("qwen25_vl", "byt5"), for a node to check it fits the family."""
+        return self.family
 
 
 @dataclass
@@ -68,10 +69,14 @@ class TextEncoderFile:
 
     checkpoint: Checkpoint
     identity: Identity
-    names: dict[str, str]  # {key in the file: language-model name}
-    config: qwen25vl.QwenTextConfig
+    names: dict[str, str]  # {key in the file: network name}
+    config: object  # the kind's config (qwen25vl.QwenTextConfig, byt5.ByT5Config)
     tokenizer: object
     tokenizer_source: TokenizerPlace
+
+    @property
+    def encoder_kind(self) -> str:
+        return self.identity.family
 
     @property
     def description(self) -> str:
@@ -79,7 +84,7 @@ class TextEncoderFile:
 
 
 def _description(identity: Identity, config) -> str:
-    return f"{identity.description} ({config.num_hidden_layers} layers, hidden {config.hidden_size})"
+    return f"{identity.description} ({_KINDS[identity.family].summary(config)})"
 
 
 def _weights_location(path: Path) -> Path:
@@ -112,111 +117,113 @@ def language_model_names(checkpoint: Checkpoint, prefix: str, layout: str = "") 
     return names
 
 
-def places_beside(weights: Path) -> list[TokenizerPlace]:
-    """Where a tokenizer may sit beside the weights: a diffusers repo's tokenizer/, or next to a single file."""
-    if weights.is_dir():
-        return [TokenizerPlace(weights.parent / "tokenizer", "the diffusers tokenizer/ beside this folder"),
-                TokenizerPlace(weights / "tokenizer", "the diffusers tokenizer/ in this folder"),
-                TokenizerPlace(weights, "in the model folder itself")]
-    return [TokenizerPlace(weights.parent / f"{weights.stem}_tokenizer", "beside the weights"),
-            TokenizerPlace(weights.parent / "tokenizer", "beside the weights")]
+# Parts of a T5 file that are not the encoder (a full encoder-decoder T5, llama.cpp's decoder and head).
+T5_SKIPPED_PREFIXES = ("decoder.", "lm_head.", "dec.", "output.")
+T5_TIED_ALIAS = "encoder.embed_tokens.weight"  # transformers' second name for shared.weight
 
 
-def holds_tokenizer(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / name).exists() for name in TOKENIZER_FILES)
+def t5_encoder_names(checkpoint: Checkpoint, prefix: str, layout: str = "") -> dict[str, str]:
+    """{file key: network name} for a T5 encoder's tensors in the ComfyUI, transformers or llama.cpp names
+    (layout "llama_cpp": through that key layout); decoder and head left out, transformers' tied alias
+    skipped when shared.weight is there too."""
+    keys = [k for k in checkpoint.keys() if k.startswith(prefix)]
+    renamed = llama_cpp.t5_names([k[len(prefix):] for k in keys], checkpoint.path) if layout == "llama_cpp" else {}
+    names = {}
+    for key in keys:
+        rest = key[len(prefix):]
+        rest = renamed.get(rest, rest)
+        if rest.startswith(T5_SKIPPED_PREFIXES):
+            continue
+        names[key] = rest
+    if prefix + "shared.weight" in checkpoint or "shared.weight" in names.values():
+        names.pop(prefix + T5_TIED_ALIAS, None)
+    elif prefix + T5_TIED_ALIAS in names:
+        names[prefix + T5_TIED_ALIAS] = "shared.weight"
+    return names
 
 
-def find_tokenizer(weights: Path, search=()) -> TokenizerPlace:
-    """The first place holding tokenizer files: beside the weights first, then the host's places
-    (TokenizerPlace, or plain folders)."""
-    places = places_beside(weights) + [p if isinstance(p, TokenizerPlace) else TokenizerPlace(Path(p), "given")
-                                       for p in search]
-    for place in places:
-        if holds_tokenizer(place.folder):
-            return place
-    searched = "; ".join(str(place) for place in places)
-    raise ModelFileError(
-        weights, "needs a tokenizer, and none was found",
-        found=f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in any place searched: {searched}",
-        hint=f"Put the model's tokenizer files (vocab.json + merges.txt, or tokenizer.json) in "
-             f"{places_beside(weights)[0].folder}. Inside ComfyUI the tokenizer ComfyUI ships is used; outside it, "
-             f"set COMFYUI_PATH to a ComfyUI checkout to use that one.",
-    )
+def read_text_encoder(path, tokenizer_path=None, tokenizer_search=(), tokenizer_places=None,
+                      kinds: tuple[str, ...] | None = None) -> TextEncoderFile:
+    """Open and check the text encoder in `path` (its kind detected), and load its tokenizer.
 
-
-def load_tokenizer(folder: Path):
-    """The tokenizer in `folder`, loaded once per version of its files: the queue-time check and the load
-    that follows both need it, and reading one takes up to a second."""
-    return _load_tokenizer(str(Path(folder).resolve()), fingerprint(Path(folder)))
-
-
-@functools.lru_cache(maxsize=8)
-def _load_tokenizer(folder: str, version: tuple):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except (ValueError, OSError):  # no tokenizer_class recorded: Qwen2.5's own class reads vocab + merges
-        from transformers import Qwen2Tokenizer
-
-        return Qwen2Tokenizer.from_pretrained(folder)
-
-
-def read_text_encoder(path, tokenizer_path=None, tokenizer_search=()) -> TextEncoderFile:
-    """Open and check the Qwen2.5-VL language model in `path`, and load its tokenizer."""
+    tokenizer_path: a tokenizer folder to use; tokenizer_search: more folders to look in (TokenizerPlace or
+    paths) whatever the kind; tokenizer_places: the host's `tokenizer_places(name)`, asked with the
+    detected kind's tokenizer name ("qwen25", "byt5"); kinds: the encoder kinds wanted (None: any), so
+    that a file of another kind is refused naming what was found and what was expected.
+    """
     weights = _weights_location(Path(path))
     checkpoint = open_checkpoint(weights)
-    identity = find_component(checkpoint, TEXT_ENCODER)
-    names = language_model_names(checkpoint, identity.prefix, identity.layout)
+    identity = find_component(checkpoint, TEXT_ENCODER, families=ENCODER_KINDS)
+    kind = _KINDS[identity.family]
+    if kinds is not None and identity.family not in kinds:
+        wanted = " or ".join(_KINDS[k].spec.display_name for k in kinds)
+        raise ModelFileError(checkpoint.path, f"holds a {identity.description}, but the {wanted} is wanted here",
+                             found=identity.description, expected=wanted,
+                             hint="Choose the matching file in this loader (each family names the text encoders it takes).")
+    names = kind.names(checkpoint, identity.prefix, identity.layout)
     shapes = {name: checkpoint.shape(key) for key, name in names.items()}
     try:
-        config = qwen25vl.config_from_shapes(shapes)
+        config = kind.spec.config_from_shapes(shapes)
     except (KeyError, ValueError, IndexError) as e:
         raise ModelFileError(checkpoint.path, f"looks like a {identity.description} but its configuration "
                              "cannot be read from its tensors", found=f"{type(e).__name__}: {e}") from None
-    expected = module_shapes(qwen25vl.build_text_model(config))
+    expected = module_shapes(kind.spec.build(config))
     check_shapes(checkpoint.path, _description(identity, config), shapes, expected)
 
     # The tokenizer is part of the check: a missing one should not cost a multi-GB load.
-    place = (TokenizerPlace(Path(tokenizer_path), "given") if tokenizer_path
-             else find_tokenizer(Path(path), tokenizer_search))
-    tokenizer = load_tokenizer(place.folder)
+    search = list(tokenizer_search)
+    if tokenizer_places is not None:
+        search += list(tokenizer_places(kind.spec.tokenizer_name))
+    tokenizer, place = kind.tokenizer(Path(path), tokenizer_path, search, config)
     check_vocabulary(checkpoint.path, config, tokenizer, place)
     return TextEncoderFile(checkpoint, identity, names, config, tokenizer, place)
 
 
-def check_vocabulary(path, config, tokenizer, place: TokenizerPlace) -> None:
-    """Every token id the tokenizer can produce must have an embedding row (else the embedding fails on
-    the first high id, deep inside the model)."""
-    if config.vocab_size < len(tokenizer):
-        raise ModelFileError(
-            path, "has fewer token embeddings than its tokenizer has tokens",
-            found=f"{config.vocab_size} embedding rows; the tokenizer from {place} has {len(tokenizer)} tokens",
-            expected=f"at least {len(tokenizer)} embedding rows",
-            hint="The tokenizer belongs to another model, or the file is from a smaller variant.",
-        )
+# --- the kinds ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Kind:
+    """The loader's side of an encoder kind: its file names, tokenizer and description."""
+
+    spec: TextEncoderSpec
+    names: Callable[[Checkpoint, str, str], dict[str, str]]  # (checkpoint, prefix, layout) -> {file key: name}
+    tokenizer: Callable  # (path, tokenizer_path, search, config) -> (tokenizer, TokenizerPlace)
+    summary: Callable[[object], str]  # config -> "12 layers, width 1472"
+    finish: Callable[[torch.nn.Module, object], None] = lambda model, device: None  # after assignment
+
+
+_KINDS = {
+    "qwen25_vl": _Kind(qwen25vl.SPEC, language_model_names, find_qwen_tokenizer,
+                       lambda c: f"{c.num_hidden_layers} layers, hidden {c.hidden_size}",
+                       finish=lambda model, device: model.rotary_emb.to(device)),
+    "byt5": _Kind(byt5.SPEC, t5_encoder_names, find_byt5_tokenizer,
+                  lambda c: f"{c.num_layers} layers, width {c.d_model}, {c.vocab_size} tokens"),
+}
+ENCODER_KINDS = tuple(_KINDS)
 
 
 def build_text_encoder(checked: TextEncoderFile, dtype: torch.dtype | None = None, device="cpu",
                        operations=None) -> LoadedTextEncoder:
-    """The language model with the checked file's tensors assigned.
+    """The encoder with the checked file's tensors assigned.
 
     dtype: weight dtype (None keeps the stored one; layers from `operations` compute in the input dtype).
     """
     checkpoint = checked.checkpoint
+    kind = _KINDS[checked.encoder_kind]
     state_dict = {name: checkpoint.tensor(key) for key, name in checked.names.items()}
     operations = operations or StandaloneOps
     if holds_quantized(state_dict):
         operations = quantized_ops(operations)  # FP8 / GGUF weights stay quantized, dequantized per layer
-    model = qwen25vl.build_text_model(checked.config, operations, dtype=dtype)
+    model = kind.spec.build(checked.config, operations, dtype=dtype)
     assign_state_dict(model, state_dict, checkpoint.path, checked.description, dtype=dtype, device=device)
-    model.rotary_emb.to(device)
+    kind.finish(model, device)
     return LoadedTextEncoder(model, checked.tokenizer, checked.identity.family, checked.identity.layout,
                              str(checkpoint.path), checked.description, checked.tokenizer_source)
 
 
 def load_text_encoder(path, tokenizer_path=None, tokenizer_search=(), dtype: torch.dtype | None = None,
-                      device="cpu", operations=None) -> LoadedTextEncoder:
-    """read_text_encoder + build_text_encoder: the Qwen2.5-VL language model in `path` and its tokenizer."""
-    checked = read_text_encoder(path, tokenizer_path=tokenizer_path, tokenizer_search=tokenizer_search)
+                      device="cpu", operations=None, tokenizer_places=None,
+                      kinds: tuple[str, ...] | None = None) -> LoadedTextEncoder:
+    """read_text_encoder + build_text_encoder: the text encoder in `path` and its tokenizer."""
+    checked = read_text_encoder(path, tokenizer_path=tokenizer_path, tokenizer_search=tokenizer_search,
+                                tokenizer_places=tokenizer_places, kinds=kinds)
     return build_text_encoder(checked, dtype=dtype, device=device, operations=operations)

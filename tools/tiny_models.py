@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.transformer import QwenImageConfig, QwenImageTransformer
 from ..model_defs.qwen_image.vae import QwenImageVAE, QwenImageVAEConfig
-from ..model_defs.text_encoders import qwen25vl
+from ..model_defs.text_encoders import byt5, qwen25vl
 
 TINY_QWEN_DIT = QwenImageConfig(
     in_channels=64, out_channels=16, patch_size=2, num_layers=2, attention_head_dim=32,
@@ -106,3 +106,15 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
         vocab = len(load_tokenizer(tokenizer_dir))
         return write_safetensors(tiny_qwen_text_state_dict(vocab), target, dtype=torch.bfloat16)
     raise ValueError(f"no tiny stand-in for models/{folder}")
+
+
+# ByT5 with Glyph-SDXL-v2's token table (1510 rows) at a small width: 2 blocks, 2 heads of 32, widths
+# that are multiples of 32 so every matrix can be stored in GGUF blocks.
+TINY_BYT5 = byt5.ByT5Config(vocab_size=1510, d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2)
+
+
+def tiny_byt5_state_dict(config: byt5.ByT5Config = TINY_BYT5, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI single-file names (shared.weight, encoder.block.N..., encoder.final_layer_norm) of a tiny
+    ByT5 glyph encoder, seeded random values (small: T5's unscaled attention turns large random weights
+    into near one-hot attention, which amplifies any weight error many times)."""
+    return random_state_dict(byt5.build_encoder(config), seed, scale=0.05)

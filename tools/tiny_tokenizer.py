@@ -57,3 +57,21 @@ def write_tiny_qwen_tokenizer(folder) -> Path:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def byt5_tokenizer():
+    """A transformers ByT5Tokenizer as google/byt5-small's files (and the byt5_tokenizer/ ComfyUI ships)
+    define it: <pad>, </s>, <unk> keep the whitespace around them (a bare ByT5Tokenizer() strips it)."""
+    from transformers import AddedToken, ByT5Tokenizer
+
+    def special(text):
+        return AddedToken(text, lstrip=False, rstrip=False, normalized=True, special=True)
+
+    return ByT5Tokenizer(eos_token=special("</s>"), pad_token=special("<pad>"), unk_token=special("<unk>"))
+
+
+def write_byt5_tokenizer(folder) -> Path:
+    """A ByT5 tokenizer folder like ComfyUI's byt5_tokenizer/ (no vocabulary file: bytes need none)."""
+    folder = Path(folder)
+    byt5_tokenizer().save_pretrained(str(folder))
+    return folder

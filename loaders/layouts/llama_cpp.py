@@ -1,5 +1,6 @@
-"""llama.cpp's names for a decoder-only language model (Qwen2 / Qwen2-VL text encoders converted by
-llama.cpp's convert_hf_to_gguf.py) -> the transformers names the text-encoder loader reads.
+"""llama.cpp's names for text encoders -> the transformers / ComfyUI names the text-encoder loader reads:
+decoder-only language models (Qwen2 / Qwen2-VL converted by llama.cpp's convert_hf_to_gguf.py) and T5
+encoders (architectures "t5" / "t5encoder", as ComfyUI-GGUF reads them: ByT5 glyph encoders).
 
 Pure renames. For some architectures llama.cpp also permutes the q/k rows (to its RoPE layout); undoing
 that is not implemented, so those architectures are refused by name rather than loaded wrong.
@@ -28,6 +29,25 @@ LLAMA_CPP = Layout("llama_cpp", (
     *rename(LAYER + "ffn_down.{p}", OURS + "mlp.down_proj.{p}"),
 ), "llama.cpp names")
 
+T5_LAYER = "enc.blk.{i}."
+T5_ATTENTION = "encoder.block.{i}.layer.0."
+T5_FEED_FORWARD = "encoder.block.{i}.layer.1."
+
+LLAMA_CPP_T5 = Layout("llama_cpp", (
+    *rename("token_embd.{p}", "shared.{p}"),
+    *rename("enc.output_norm.{p}", "encoder.final_layer_norm.{p}"),
+    *rename(T5_LAYER + "attn_norm.{p}", T5_ATTENTION + "layer_norm.{p}"),
+    *rename(T5_LAYER + "attn_q.{p}", T5_ATTENTION + "SelfAttention.q.{p}"),
+    *rename(T5_LAYER + "attn_k.{p}", T5_ATTENTION + "SelfAttention.k.{p}"),
+    *rename(T5_LAYER + "attn_v.{p}", T5_ATTENTION + "SelfAttention.v.{p}"),
+    *rename(T5_LAYER + "attn_o.{p}", T5_ATTENTION + "SelfAttention.o.{p}"),
+    *rename(T5_LAYER + "attn_rel_b.{p}", T5_ATTENTION + "SelfAttention.relative_attention_bias.{p}"),
+    *rename(T5_LAYER + "ffn_norm.{p}", T5_FEED_FORWARD + "layer_norm.{p}"),
+    *rename(T5_LAYER + "ffn_gate.{p}", T5_FEED_FORWARD + "DenseReluDense.wi_0.{p}"),
+    *rename(T5_LAYER + "ffn_up.{p}", T5_FEED_FORWARD + "DenseReluDense.wi_1.{p}"),
+    *rename(T5_LAYER + "ffn_down.{p}", T5_FEED_FORWARD + "DenseReluDense.wo.{p}"),
+), "llama.cpp T5 names")
+
 # Architectures whose llama.cpp conversion permutes the q/k rows.
 PERMUTED_QK_ARCHITECTURES = {"llama", "mistral", "mistral3"}
 
@@ -41,4 +61,10 @@ def transformers_names(keys, architecture, path=None) -> dict[str, str]:
                              "weights llama.cpp stores permuted; reading those is not supported yet",
                              expected="a Qwen2/Qwen2.5-VL text encoder GGUF")
     plan = LLAMA_CPP.plan({key: () for key in keys}, path)
+    return {source.key: name for name, source in plan.items() if isinstance(source, Take)}
+
+
+def t5_names(keys, path=None) -> dict[str, str]:
+    """{llama.cpp name: ComfyUI / transformers name} for the tensors `keys` of a T5 encoder GGUF."""
+    plan = LLAMA_CPP_T5.plan({key: () for key in keys}, path)
     return {source.key: name for name, source in plan.items() if isinstance(source, Take)}

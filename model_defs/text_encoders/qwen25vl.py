@@ -3,6 +3,10 @@
 Only the language model is built here: text-to-image reads no image. (Image prompts for the Edit models
 will add the vision tower beside it.) The configuration is read from tensor shapes; the published models
 all use 128-dim heads, multimodal RoPE split (16, 24, 24) over (time, height, width), theta 1e6.
+
+Families differ in the hidden state they take (`hidden_state_skip_layer`, the official pipelines' name):
+Qwen-Image the last one, after the final norm; HunyuanImage 2.1 the third from last of transformers'
+hidden_states (skip 2), the output of layer N-2 before any norm, so its last two layers are not run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .base import TextEncoderSpec
 from .swap import swap_layers
 
 HEAD_DIM = 128
@@ -92,11 +97,45 @@ def template_prefix_tokens(tokenizer, template: str) -> int:
     return len(tokenizer(template.split("{}")[0])["input_ids"])
 
 
+class _StopAfterLayer(Exception):
+    """Carries the output of the layer whose hidden state was asked for out of the model's forward."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+def hidden_state(model, hidden_state_skip_layer: int = 0, **inputs) -> torch.Tensor:
+    """transformers' `hidden_states[-(hidden_state_skip_layer + 1)]` for `inputs`, computing no more than
+    that: 0 gives the last hidden state (after the final norm); k > 0 the output of layer N-k (1-based),
+    before the final norm, and the forward stops there (a hook raises after that layer), so the last k
+    layers cost nothing."""
+    if hidden_state_skip_layer == 0:
+        return model(**inputs).last_hidden_state
+    layers = len(model.layers)
+    if not 0 < hidden_state_skip_layer < layers:
+        raise ValueError(f"cannot skip {hidden_state_skip_layer} of {layers} layers")
+
+    def stop(module, args, output):
+        raise _StopAfterLayer(output[0] if isinstance(output, tuple) else output)
+
+    handle = model.layers[layers - 1 - hidden_state_skip_layer].register_forward_hook(stop)
+    try:
+        model(**inputs)
+    except _StopAfterLayer as stopped:
+        return stopped.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError("the language model finished without running the layer asked for")
+
+
 def encode_prompts(model, tokenizer, prompts: list[str], template: str, max_tokens: int,
-                   device=None, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> (hidden states [B, L, hidden], mask [B, L] long), as the official pipeline encodes them:
-    chat template applied, the last hidden state after the final norm, the template's system block
-    dropped, the batch right-padded with zeros.
+                   device=None, dtype: torch.dtype | None = None,
+                   hidden_state_skip_layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> (hidden states [B, L, hidden], mask [B, L] long), as the official pipelines encode them:
+    chat template applied, the template's prefix (system block and user header) dropped, the batch
+    right-padded with zeros. hidden_state_skip_layer: which hidden state (see `hidden_state`; 0, the
+    default, is the last one after the final norm, Qwen-Image's).
 
     A prompt longer than `max_tokens` raises instead of being cut (a cut prompt silently loses words).
     dtype: the activations' dtype (default: the embedding weights'), e.g. float32 over bf16 weights on a CPU.
@@ -123,8 +162,8 @@ def encode_prompts(model, tokenizer, prompts: list[str], template: str, max_toke
     embeddings = model.embed_tokens(input_ids)
     if dtype is not None:
         embeddings = embeddings.to(dtype)
-    hidden = model(inputs_embeds=embeddings, attention_mask=mask, position_ids=text_position_ids(mask),
-                   use_cache=False).last_hidden_state
+    hidden = hidden_state(model, hidden_state_skip_layer, inputs_embeds=embeddings, attention_mask=mask,
+                          position_ids=text_position_ids(mask), use_cache=False)
 
     lengths = [len(ids) - drop for ids in token_lists]
     out_len = max(lengths)
@@ -134,3 +173,12 @@ def encode_prompts(model, tokenizer, prompts: list[str], template: str, max_toke
         embeds[i, :length] = hidden[i, drop:drop + length]
         out_mask[i, :length] = 1
     return embeds, out_mask
+
+
+SPEC = TextEncoderSpec(
+    kind="qwen25_vl",
+    display_name="Qwen2.5-VL text encoder",
+    tokenizer_name="qwen25",
+    config_from_shapes=config_from_shapes,
+    build=build_text_model,
+)

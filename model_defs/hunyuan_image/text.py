@@ -1,0 +1,93 @@
+"""HunyuanImage 2.1's text conditioning: Qwen2.5-VL for meaning, ByT5 for the text drawn in the picture.
+
+Values are the official pipeline's (hyimage: HUNYUANIMAGE_V2_1_TEXT_ENCODER with template
+"dit-llm-encode-v2", crop_start 34, text_len 1000, hidden_state_skip_layer 2, apply_final_norm False;
+byt5_max_length 128), which diffusers' HunyuanImagePipeline repeats (prompt_template_encode,
+prompt_template_encode_start_idx, tokenizer_max_length, tokenizer_2_max_length, hidden_state_skip_layer).
+
+Qwen2.5-VL: the prompt in the template below (no assistant turn, unlike Qwen-Image's), the third-from-last
+hidden state (the output of layer 26 of 28, before the final norm; Qwen-Image takes the last one after the
+norm), the template's first 34 tokens dropped; at most 1000 tokens remain (the template's closing
+<|im_end|> counts). The official code pads to 1034 tokens and truncates longer prompts; this pack returns
+the real tokens only and refuses longer prompts.
+
+ByT5: the quoted text formatted as glyph.py says, at most 128 tokens with the end token. The official code
+truncates it; this pack refuses it. Without quoted text the official code passes 128 zero vectors with an
+all-false mask, which the network drops (its attention masks them out); here that is None.
+
+Exactness (tests/test_hunyuan_text.py): against diffusers' HunyuanImagePipeline.encode_prompt with tiny
+random encoders, fp32, max abs <= 1e-5 over the real tokens, masks equal.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..text_encoders import byt5, qwen25vl
+from .glyph import glyph_prompt
+
+PROMPT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
+    "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>"
+)
+PROMPT_TEMPLATE_DROP = 34  # tokens of the template before the prompt (Qwen2.5's tokenizer)
+HIDDEN_STATE_SKIP_LAYER = 2  # hidden_states[-3]
+MAX_PROMPT_TOKENS = 1000
+GLYPH_MAX_TOKENS = 128
+TEXT_ENCODER_KINDS = ("qwen25_vl", "byt5")  # the text encoders the family takes (loaders' encoder_kind)
+
+
+def encode_qwen(model, tokenizer, prompts: Sequence[str], device=None,
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> (Qwen2.5-VL states [B, L, hidden], mask [B, L] bool), L the longest prompt's tokens."""
+    states, mask = qwen25vl.encode_prompts(model, tokenizer, list(prompts), PROMPT_TEMPLATE, MAX_PROMPT_TOKENS,
+                                           device=device, dtype=dtype,
+                                           hidden_state_skip_layer=HIDDEN_STATE_SKIP_LAYER)
+    return states, mask.bool()
+
+
+GLYPH_WHAT = "quoted text, formatted for the glyph encoder,"
+
+
+def glyph_texts(prompts: Sequence[str], byt5_encoder, byt5_tokenizer) -> list[str | None]:
+    """Each prompt's glyph-encoder string (None: no quoted text), checked: a ByT5 encoder is there when
+    some prompt needs one, and every string fits GLYPH_MAX_TOKENS. Raises ValueError otherwise."""
+    texts = [glyph_prompt(prompt) for prompt in prompts]
+    quoted = [text for text in texts if text is not None]
+    if quoted and (byt5_encoder is None or byt5_tokenizer is None):
+        raise ValueError(f"the prompt has text in quotes for the glyph encoder ({quoted[0][:60]!r}), but no ByT5 "
+                         "glyph encoder is loaded; load byt5_small_glyphxl (HunyuanImage 2.1 draws quoted text "
+                         "with it)")
+    for text in quoted:
+        byt5.check_length(byt5_tokenizer, text, GLYPH_MAX_TOKENS, GLYPH_WHAT)
+    return texts
+
+
+def encode_glyphs(model, tokenizer, prompts: Sequence[str], device=None,
+                  dtype: torch.dtype | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Prompts -> (ByT5 states [B, Lg, width], mask [B, Lg] bool) of their quoted text; (None, None) when
+    no prompt has any. A prompt without quoted text in a batch that has some gets a zero row, mask false."""
+    texts = glyph_texts(prompts, model, tokenizer)
+    if all(text is None for text in texts):
+        return None, None
+    return byt5.encode_texts(model, tokenizer, texts, GLYPH_MAX_TOKENS, device=device, dtype=dtype, what=GLYPH_WHAT)
+
+
+def encode_hunyuan_image(qwen_encoder, qwen_tokenizer, byt5_encoder, byt5_tokenizer, prompts: Sequence[str],
+                         device=None, dtype: torch.dtype | None = None) -> dict:
+    """HunyuanImage 2.1's whole text conditioning for `prompts`:
+    {"context": [B, L, 3584], "attention_mask": [B, L] bool, "byt5": [B, Lg, 1472] or None,
+     "byt5_mask": [B, Lg] bool or None}.
+
+    Unpadded: L (Lg) is the longest prompt's (quoted text's) token count, so a single prompt gives only
+    its real tokens and all-true masks (drop them). Padded positions are zeros. The quoted-text checks
+    (encoder present, length) run before Qwen2.5-VL does. byt5_encoder / byt5_tokenizer may be None when
+    no prompt has quoted text. dtype: the activations' dtype (weights are cast at use).
+    """
+    prompts = list(prompts)
+    glyph_texts(prompts, byt5_encoder, byt5_tokenizer)
+    context, mask = encode_qwen(qwen_encoder, qwen_tokenizer, prompts, device=device, dtype=dtype)
+    glyphs, glyph_mask = encode_glyphs(byt5_encoder, byt5_tokenizer, prompts, device=device, dtype=dtype)
+    return {"context": context, "attention_mask": mask, "byt5": glyphs, "byt5_mask": glyph_mask}
