@@ -6,10 +6,11 @@ adding its package and one line here.
 
 from __future__ import annotations
 
+from .hunyuan_image.spec import SPEC as HUNYUAN_IMAGE
 from .qwen_image.spec import SPEC as QWEN_IMAGE
 from .spec import FamilySpec
 
-FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (QWEN_IMAGE,)}
+FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (QWEN_IMAGE, HUNYUAN_IMAGE)}
 
 
 def family_spec(name: str) -> FamilySpec:

@@ -95,10 +95,10 @@ class MMDiTTextEncoderLoader:
         checked = {}
         for name in names:
             file = _read(host.full_path("text_encoders", name))
-            if _kind(file) in checked:
+            if file.encoder_kind in checked:
                 raise ValueError(f"{names[0]} and {name} are both {file.description}s; {spec.display_name} takes "
                                  f"{' + '.join(slot.label for slot in spec.text.encoders)}")
-            checked[_kind(file)] = (name, file)
+            checked[file.encoder_kind] = (name, file)
         check_encoders_fit(spec, {kind: name for kind, (name, _) in checked.items()})
 
         encoders, managed = {}, {}
@@ -122,12 +122,8 @@ def _explain_nonfinite(value, encoders, where: str) -> None:
                  "If it ran in float16, run the text encoder in bf16 or fp32.")
 
 
-def _kind(file) -> str:
-    return getattr(file, "encoder_kind", "qwen25_vl")  # TODO(merge)
-
-
 def _read(path):
-    return read_text_encoder(path, tokenizer_search=get_host().tokenizer_places("qwen25"))  # TODO(merge): per kind
+    return read_text_encoder(path, tokenizer_places=get_host().tokenizer_places)
 
 
 class MMDiTTextEncode:

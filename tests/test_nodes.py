@@ -196,5 +196,5 @@ def test_conditioning_encoded_for_another_family_is_refused(loaded):
     (context, extras), = loaded["positive"]
     foreign = [[context, {**extras, "mmdit_family": "hunyuan_image"}]]
     latent, = NODES["MMDiTEmptyLatent"]().generate(QWEN, "custom (width x height)", 32, 32, 1)
-    with pytest.raises(ValueError, match="encoded for hunyuan_image .* but the model is Qwen-Image"):
+    with pytest.raises(ValueError, match="encoded for HunyuanImage 2.1 .* but the model is Qwen-Image"):
         NODES["MMDiTSampler"]().sample(loaded["model"], foreign, loaded["negative"], latent, seed=1, steps=1, cfg=2.0)

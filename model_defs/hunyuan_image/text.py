@@ -91,3 +91,24 @@ def encode_hunyuan_image(qwen_encoder, qwen_tokenizer, byt5_encoder, byt5_tokeni
     context, mask = encode_qwen(qwen_encoder, qwen_tokenizer, prompts, device=device, dtype=dtype)
     glyphs, glyph_mask = encode_glyphs(byt5_encoder, byt5_tokenizer, prompts, device=device, dtype=dtype)
     return {"context": context, "attention_mask": mask, "byt5": glyphs, "byt5_mask": glyph_mask}
+
+
+# The conditioning extras the glyph states travel in: ComfyUI's own name for them (its HunyuanImage text
+# encoder writes it and its model class reads it), so conditioning moves between our nodes and ComfyUI's.
+GLYPH_KEY = "conditioning_byt5small"
+GLYPH_MASK_KEY = "conditioning_byt5small_mask"
+LIMIT_NOTE = f"{MAX_PROMPT_TOKENS} tokens; quoted text {GLYPH_MAX_TOKENS} bytes"
+
+
+def encode(encoders: dict, prompt: str, device, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+    """The family's text encode for one prompt (model_defs/spec.py TextSpec): (context [1, L, 3584], extras
+    with the glyph states when the prompt has quoted text). One prompt has no padding, so no masks."""
+    qwen, glyph = encoders["qwen25_vl"], encoders.get("byt5")
+    out = encode_hunyuan_image(qwen.model, qwen.tokenizer, glyph and glyph.model, glyph and glyph.tokenizer,
+                               [prompt], device=device, dtype=dtype)
+    extras = {} if bool(out["attention_mask"].all()) else {"attention_mask": out["attention_mask"]}
+    if out["byt5"] is not None:
+        extras[GLYPH_KEY] = out["byt5"]
+        if not bool(out["byt5_mask"].all()):
+            extras[GLYPH_MASK_KEY] = out["byt5_mask"]
+    return out["context"], extras
