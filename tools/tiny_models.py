@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.transformer import QwenImageConfig, QwenImageTransformer
 from ..model_defs.qwen_image.vae import QwenImageVAE, QwenImageVAEConfig
+from ..model_defs.hunyuan_image.transformer import HunyuanImageConfig, HunyuanImageTransformer
 from ..model_defs.text_encoders import byt5, qwen25vl
 
 TINY_QWEN_DIT = QwenImageConfig(
@@ -90,24 +91,6 @@ def tiny_qwen_text_state_dict(vocab_size: int, seed: int = 0) -> dict[str, torch
     return {"model." + k: v for k, v in random_state_dict(model, seed, scale=0.1).items()}
 
 
-def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -> Path:
-    """A tiny stand-in for a file a workflow names: diffusion model, text encoder (with its tokenizer
-    beside it) or VAE, all for Qwen-Image (the family the shipped workflows use)."""
-    from ..loaders.text_encoder import load_tokenizer
-    from .tiny_tokenizer import write_tiny_qwen_tokenizer
-
-    target = Path(target)
-    if folder == "diffusion_models":
-        return write_safetensors(tiny_qwen_dit_state_dict(), target, dtype=torch.bfloat16)
-    if folder == "vae":
-        return write_safetensors(tiny_qwen_vae_state_dict(), target, dtype=torch.bfloat16)
-    if folder == "text_encoders":
-        tokenizer_dir = write_tiny_qwen_tokenizer(target.parent / f"{target.stem}_tokenizer")
-        vocab = len(load_tokenizer(tokenizer_dir))
-        return write_safetensors(tiny_qwen_text_state_dict(vocab), target, dtype=torch.bfloat16)
-    raise ValueError(f"no tiny stand-in for models/{folder}")
-
-
 # ByT5 with Glyph-SDXL-v2's token table (1510 rows) at a small width: 2 blocks, 2 heads of 32, widths
 # that are multiples of 32 so every matrix can be stored in GGUF blocks.
 TINY_BYT5 = byt5.ByT5Config(vocab_size=1510, d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2)
@@ -118,3 +101,54 @@ def tiny_byt5_state_dict(config: byt5.ByT5Config = TINY_BYT5, seed: int = 0) -> 
     ByT5 glyph encoder, seeded random values (small: T5's unscaled attention turns large random weights
     into near one-hot attention, which amplifies any weight error many times)."""
     return random_state_dict(byt5.build_encoder(config), seed, scale=0.05)
+
+
+# HunyuanImage 2.1's structure (double then single blocks, token refiner, ByT5 mapper) at hidden 64 (2 heads
+# of 32, 2-D RoPE 16 + 16), reading the tiny Qwen2.5-VL's 128-wide states and the tiny ByT5's.
+TINY_HUNYUAN_DIT = HunyuanImageConfig(hidden_size=64, num_heads=2, depth_double=2, depth_single=2,
+                                      axes_dims=(16, 16), context_dim=TINY_QWEN_DIT.joint_attention_dim,
+                                      byt5_in_dim=TINY_BYT5.d_model, byt5_hidden_dim=64)
+TINY_HUNYUAN_DISTILLED_DIT = HunyuanImageConfig(**{**TINY_HUNYUAN_DIT.__dict__, "guidance_embed": True,
+                                                   "meanflow": True})
+
+
+def tiny_hunyuan_dit_state_dict(config: HunyuanImageConfig = TINY_HUNYUAN_DIT, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI-layout weights of a tiny HunyuanImage 2.1 DiT (base, or distilled with that config)."""
+    return random_state_dict(HunyuanImageTransformer(config, StandaloneOps, device="meta"), seed)
+
+
+def _stand_in_kind(name: str) -> str:
+    """Which family's tiny file stands in for a file name (demo mode only: real files are recognised by
+    their tensors). HunyuanImage 2.1's names contain "hunyuan", its glyph encoder's "byt5"."""
+    name = name.lower()
+    if "byt5" in name:
+        return "byt5"
+    if "hunyuan" in name:
+        return "hunyuan_distilled" if "distill" in name else "hunyuan"
+    return "qwen"
+
+
+def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -> Path:
+    """A tiny stand-in for a file a workflow names: diffusion model, text encoder (with its tokenizer
+    beside it) or VAE, of the family the file name says (see _stand_in_kind; Qwen-Image otherwise)."""
+    from ..loaders.text_encoder import load_tokenizer
+    from .tiny_tokenizer import write_byt5_tokenizer, write_tiny_qwen_tokenizer
+
+    target = Path(target)
+    kind = _stand_in_kind(target.name)
+    if folder == "diffusion_models":
+        state = {"qwen": tiny_qwen_dit_state_dict, "byt5": tiny_qwen_dit_state_dict,
+                 "hunyuan": tiny_hunyuan_dit_state_dict,
+                 "hunyuan_distilled": lambda: tiny_hunyuan_dit_state_dict(TINY_HUNYUAN_DISTILLED_DIT)}[kind]()
+        return write_safetensors(state, target, dtype=torch.bfloat16)
+    if folder == "vae":
+        state = tiny_hunyuan_vae_state_dict() if kind.startswith("hunyuan") else tiny_qwen_vae_state_dict()
+        return write_safetensors(state, target, dtype=torch.bfloat16)
+    if folder == "text_encoders":
+        if kind == "byt5":
+            write_byt5_tokenizer(target.parent / f"{target.stem}_tokenizer")
+            return write_safetensors(tiny_byt5_state_dict(), target, dtype=torch.bfloat16)
+        tokenizer_dir = write_tiny_qwen_tokenizer(target.parent / f"{target.stem}_tokenizer")
+        vocab = len(load_tokenizer(tokenizer_dir))
+        return write_safetensors(tiny_qwen_text_state_dict(vocab), target, dtype=torch.bfloat16)
+    raise ValueError(f"no tiny stand-in for models/{folder}")
