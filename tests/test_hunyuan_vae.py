@@ -37,24 +37,26 @@ TINY_CONFIGS = {
 
 
 def reference_vae(name: str, seed: int = 0):
+    """diffusers' AutoencoderKLHunyuanImage at a tiny config, every weight random (seeded)."""
     from diffusers import AutoencoderKLHunyuanImage
 
-    torch.manual_seed(seed)
     reference = AutoencoderKLHunyuanImage(in_channels=3, out_channels=3, latent_channels=64, sample_size=384,
                                           **TINY_CONFIGS[name]).eval()
     randomise_vae_(reference, seed)
     return reference
 
 
-def to_comfyui_names(diffusers_state: dict) -> dict:
-    names = diffusers_to_comfyui(diffusers_state)
-    return {names[k]: v for k, v in diffusers_state.items()}
+def comfyui_state(reference) -> dict:
+    """The reference's weights under the ComfyUI / Tencent names, through the key map."""
+    state = reference.state_dict()
+    return {name: state[key].detach().clone() for key, name in diffusers_to_comfyui(state).items()}
 
 
 def build_ours(state: dict) -> HunyuanImageVAE:
-    vae = HunyuanImageVAE(vae_config_from_shapes({k: v.shape for k, v in state.items()}))
-    vae.load_state_dict(state)
-    return vae.eval()
+    """Our VAE, configured from the shapes in `state` alone, holding `state`."""
+    ours = HunyuanImageVAE(vae_config_from_shapes({name: t.shape for name, t in state.items()})).eval()
+    ours.load_state_dict(state, strict=True)
+    return ours
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def pairs():
     def pair(name):
         if name not in built:
             reference = reference_vae(name)
-            built[name] = reference, build_ours(to_comfyui_names(reference.state_dict()))
+            built[name] = reference, build_ours(comfyui_state(reference))
         return built[name]
 
     return pair
@@ -74,9 +76,8 @@ def pairs():
 def tiny_state():
     """ComfyUI-named and diffusers-named state dicts of one tiny 32x VAE, and the VAE itself (ours)."""
     reference = reference_vae("real_shape", seed=1)
-    diffusers_state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-    comfy_state = to_comfyui_names(diffusers_state)
-    return comfy_state, diffusers_state, build_ours(comfy_state)
+    comfy_state = comfyui_state(reference)
+    return comfy_state, {k: v.detach().clone() for k, v in reference.state_dict().items()}, build_ours(comfy_state)
 
 
 # --- (1) real layouts ---------------------------------------------------------------------------------
@@ -101,21 +102,17 @@ def test_scaling_factor_is_left_to_the_latent_format():
     assert not any("scal" in name for name in HunyuanImageVAE(device="meta").state_dict())
 
 
-def test_diffusers_names_map_onto_the_comfyui_file():
+def test_key_map_renames_the_diffusers_file_into_the_comfyui_one():
+    """Whole file (324 names, none collapsing, shapes equal) and every entry of the traced reference mapping."""
     diffusers = manifest_shapes("hunyuanimage21_vae32x.diffusers")
     assert stage_layouts(diffusers) == RELEASED
-    names = diffusers_to_comfyui(diffusers)
-    mapped = {names[k]: v for k, v in diffusers.items()}
-    assert len(mapped) == len(diffusers) == 324  # no two names collapse into one
-    assert mapped == manifest_shapes("hunyuanimage21_vae32x.comfyui")
+    renamed = {new: diffusers[old] for old, new in diffusers_to_comfyui(diffusers).items()}
+    assert len(renamed) == 324 and renamed == manifest_shapes("hunyuanimage21_vae32x.comfyui")
 
-
-def test_key_map_agrees_with_the_reference_mapping_entry_by_entry():
-    entries = manifest("mapping.hunyuanimage21_vae32x.tencent_to_diffusers")["mapping"]
-    assert len(entries) == 324 and all(e["op"] == "rename" for e in entries)
-    wrong = [(e["dst"], diffusers_key_to_comfyui(e["dst"]), e["src"]) for e in entries
-             if diffusers_key_to_comfyui(e["dst"]) != e["src"]]
-    assert wrong == []
+    reference = manifest("mapping.hunyuanimage21_vae32x.tencent_to_diffusers")["mapping"]
+    assert {entry["op"] for entry in reference} == {"rename"} and len(reference) == 324
+    disagreeing = {e["dst"]: e["src"] for e in reference if diffusers_key_to_comfyui(e["dst"]) != e["src"]}
+    assert disagreeing == {}
 
 
 def test_stage_layout_places_sampler_less_stages_after_the_others():
@@ -219,46 +216,45 @@ def test_matches_comfyui_implementation():
 # --- (3) loading every layout, and telling the VAEs apart ----------------------------------------------
 
 
-def _bf16(state: dict) -> dict:
-    return {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}
+def _stored_bf16(state: dict) -> tuple[dict, HunyuanImageVAE]:
+    """`state` as a bf16 file holds it, and our fp32 VAE holding exactly those rounded values (what the
+    file must compute when run in fp32)."""
+    stored = {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}
+    return stored, build_ours({k: v.float() for k, v in stored.items()})
 
 
-def _expected_from_bf16(state: dict) -> HunyuanImageVAE:
-    """The same network in float32 with the bf16-rounded weights: what a bf16 file computes in fp32."""
-    return build_ours({k: v.to(torch.bfloat16).float() for k, v in state.items()})
-
-
-def _assert_same_outputs(loaded, expected, seed=0):
+def _assert_computes_like(loaded, expected, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(2, 3, 64, 96, generator=generator) * 2 - 1
-    latent = torch.randn(1, 64, 2, 3, generator=generator)
-    torch.testing.assert_close(loaded.encode(images), expected.encode(images), atol=1e-6, rtol=0)
-    torch.testing.assert_close(loaded.decode(latent), expected.decode(latent), atol=1e-6, rtol=0)
+    for method, x in (("encode", torch.rand(2, 3, 64, 96, generator=generator) * 2 - 1),
+                      ("decode", torch.randn(1, 64, 2, 3, generator=generator))):
+        torch.testing.assert_close(getattr(loaded, method)(x), getattr(expected, method)(x), atol=1e-6, rtol=0)
 
 
 def test_load_comfyui_file_bf16_computes_in_fp32(tiny_state, tmp_path):
     comfy_state = tiny_state[0]
+    stored, expected = _stored_bf16(comfy_state)
     path = tmp_path / "hunyuan_image_2.1_vae_fp16.safetensors"
-    save_file(_bf16(comfy_state), str(path))
+    save_file(stored, str(path))
     loaded = load_vae(path)
     assert (loaded.family, loaded.layout, loaded.stored_dtype) == ("hunyuan_image", "comfyui", torch.bfloat16)
     assert loaded.description == "HunyuanImage 2.1 VAE (ComfyUI / official layout)"
     assert loaded.config == vae_config_from_shapes({k: v.shape for k, v in comfy_state.items()})
     assert {p.dtype for p in loaded.module.parameters()} == {torch.bfloat16}  # kept as stored
-    _assert_same_outputs(loaded.module, _expected_from_bf16(comfy_state))
+    _assert_computes_like(loaded.module, expected)
 
 
 def test_load_diffusers_vae_folder(tiny_state, tmp_path):
     comfy_state, diffusers_state, _ = tiny_state
     folder = tmp_path / "HunyuanImage-2.1-Diffusers" / "vae"
     folder.mkdir(parents=True)
-    save_file(_bf16(diffusers_state), str(folder / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in diffusers_state.items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
     (folder / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLHunyuanImage"}))
-    expected = _expected_from_bf16(comfy_state)
+    expected = _stored_bf16(comfy_state)[1]
     for location in (folder, folder.parent):
         loaded = load_vae(location, dtype=torch.float32)
         assert (loaded.family, loaded.layout) == ("hunyuan_image", "diffusers")
-        _assert_same_outputs(loaded.module, expected)
+        _assert_computes_like(loaded.module, expected)
 
 
 def test_load_official_pickle_with_vae_prefix_and_5d_convs(tiny_state, tmp_path):
@@ -276,7 +272,7 @@ def test_load_official_pickle_with_vae_prefix_and_5d_convs(tiny_state, tmp_path)
         loaded = load_vae(location)
         assert (loaded.family, loaded.layout) == ("hunyuan_image", "comfyui")
         assert loaded.module.decoder.conv_in.weight.shape == (128, 64, 3, 3)
-        _assert_same_outputs(loaded.module, expected)
+        _assert_computes_like(loaded.module, expected)
 
 
 def _marker_file(path, shapes: dict):
@@ -329,40 +325,64 @@ def test_bad_inputs_are_clear_errors(tiny_state):
 # --- (4) tiling ---------------------------------------------------------------------------------------
 
 
-def test_tiled_decode_blends_without_seams(tiny_state):
-    """Tiles of 8 latent cells overlapping by 2 (rows 2 tiles, columns 3) against the whole decode.
+def _blend_bands(spans, size: int) -> torch.Tensor:
+    """Output positions (32 per latent cell) where two tiles overlap and are blended."""
+    band = torch.zeros(size, dtype=torch.bool)
+    for (start, _), (_, end) in zip(spans[1:], spans[:-1]):
+        band[32 * start:32 * end] = True
+    return band
+
+
+def test_tiled_decode_is_close_to_the_whole_decode(tiny_state):
+    """Tiles of 8 latent cells overlapping by 2 (2 rows, 3 columns of tiles) against the whole decode.
 
     No tiled decode of this VAE is exact: its GroupNorms and mid attention see the whole tile, and its
-    receptive field (about 19 latent cells) is wider than a tile, so every tile's edge effects reach into
-    it. What tiling must not do is leave a seam: the step between neighbouring pixels across each tile
-    border must be that of the whole image, and the error there no larger than elsewhere in kind.
-    Measured here: max 0.40, mean 0.034 against mean |value| 0.12; steps across borders within 4% of the
-    whole image's; error within 4 pixels of a border 1.4x the mean error elsewhere (the blend bands are
-    where each tile is nearest its own edge).
+    receptive field (about 19 latent cells) is wider than a tile. Measured here: max 0.37, mean 0.039
+    against a mean |value| of 0.17. Where tiles are blended each tile is nearest its own edge, so the
+    error there is a little larger: 1.33x (columns) and 1.34x (rows) the error where one tile covers
+    (1.46x / 1.44x with hard cuts instead of feathering, which the 1.4x bound refuses); within 4 pixels of
+    a tile edge 1.06x / 1.09x.
     """
     vae = tiny_state[2]
     latent = torch.randn(1, 64, 12, 16, generator=torch.Generator().manual_seed(5))
     whole, tiled = vae.decode(latent), vae.decode_tiled(latent, tile=8, overlap=2)
     assert tiled.shape == whole.shape == (1, 3, 384, 512)
     difference = (tiled - whole).abs()
-    assert difference.max() < 0.6 and difference.mean() < 0.3 * whole.abs().mean()
+    assert difference.max() < 0.5 and difference.mean() < 0.3 * whole.abs().mean()
 
     for axis, spans in ((-1, tile_spans(16, 8, 2)), (-2, tile_spans(12, 8, 2))):
-        borders = sorted({32 * end for _, end in spans[:-1]} | {32 * start for start, _ in spans[1:]})
-        size = tiled.shape[axis]
-        other = (-2, 1) if axis == -1 else (-1, 1)
+        per_position = difference.mean(dim=(1, -2) if axis == -1 else (1, -1)).flatten()
+        band = _blend_bands(spans, tiled.shape[axis])
+        assert per_position[band].mean() < 1.4 * per_position[~band].mean()
+        near_edges = torch.zeros_like(band)
+        for edge in {32 * end for _, end in spans[:-1]} | {32 * start for start, _ in spans[1:]}:
+            near_edges[edge - 4:edge + 4] = True
+        assert per_position[near_edges].mean() < 1.25 * per_position[~near_edges].mean()
 
-        def steps(image):  # mean |pixel step| between position i-1 and i, per position along `axis`
-            return image.diff(dim=axis).abs().mean(dim=other).flatten()
 
-        tiled_steps, whole_steps = steps(tiled), steps(whole)
-        for border in borders:
-            assert tiled_steps[border - 1] < 1.1 * whole_steps[border - 1]
-        near = torch.zeros(size, dtype=torch.bool)
-        for border in borders:
-            near[border - 4:border + 4] = True
-        per_position = difference.mean(dim=other).flatten()
-        assert per_position[near].mean() < 2.0 * per_position[~near].mean()
+class _TileNormalisingStandIn(torch.nn.Module):
+    """Stands in for the decoder: each tile is shifted by its own mean, as a GroupNorm shifts a tile by its
+    own statistics, then upsampled 32x. Neighbouring tiles therefore disagree by a constant."""
+
+    def forward(self, latent):
+        shifted = latent[:, :3] - latent[:, :3].mean(dim=(-2, -1), keepdim=True)
+        return shifted.repeat_interleave(32, -1).repeat_interleave(32, -2)
+
+
+def test_tiles_that_disagree_blend_without_a_step(tiny_state):
+    """On a smooth latent (a ramp) the stand-in's tiles disagree by 0.25; a hard cut would show that as a
+    step of 0.25 + 0.0625. The feathered blend spreads it over the 64-pixel overlap: no step between
+    neighbouring pixels exceeds the whole image's own largest step (the ramp's 0.0625 per cell) by more
+    than 0.25 / 64 per pixel, plus rounding."""
+    vae = build_ours(tiny_state[0])
+    vae.decoder = _TileNormalisingStandIn()
+    rows, cols = torch.meshgrid(torch.arange(12.0), torch.arange(16.0), indexing="ij")
+    latent = ((rows + cols) / 16).expand(1, 64, 12, 16)
+    whole, tiled = vae.decode(latent), vae.decode_tiled(latent, tile=8, overlap=2)
+    for axis in (-1, -2):
+        largest_whole_step = whole.diff(dim=axis).abs().max()
+        assert largest_whole_step == pytest.approx(1 / 16)
+        assert tiled.diff(dim=axis).abs().max() <= largest_whole_step + 0.25 / 64 + 1e-5
 
 
 def test_single_tile_equals_untiled(tiny_state):
@@ -412,7 +432,7 @@ def test_decode_node_tiles_when_the_whole_image_would_not_fit(tiny_state, tmp_pa
         vae, = NODES["MMDiTVAELoader"]().load("hunyuan_vae.safetensors")
         latent = {"samples": torch.randn(1, 64, 6, 4)}  # 192 x 128 pixels
         needed = vae.module.decode_memory((1, 64, 6, 4), torch.float32)
-        assert needed == 192 * 128 * (4 * 32 + 3) * 4
+        assert needed == 192 * 128 * (6 * 32 + 3) * 4
         calls = []
         original = vae.module.decode_tiled
         monkeypatch.setattr(vae.module, "decode_tiled", lambda *a, **k: calls.append(k) or original(*a, **k))
