@@ -143,8 +143,19 @@ RULES: list[Rule] = [
     Rule("flux", DIFFUSION_MODEL, "bfl", "FLUX.1 diffusion model",
          ("double_blocks.0.img_attn.qkv.weight", "img_in.weight", "final_layer.linear.weight"), supported=False),
     *HUNYUAN_RULES,
-    Rule("hunyuan_image", VAE, "comfyui", "HunyuanImage 2.1 VAE", ("decoder.conv_in.weight", "encoder.conv_in.weight"),
-         check=lambda s, p: len(_shape(s, p, "decoder.conv_in.weight")) == 4, supported=False),
+    # HunyuanImage 2.1 32x VAE: 2-D, 64 latent channels, pixel-shuffle samplers. The ComfyUI and official
+    # Tencent files share names (the official pickle under `vae.`, its convs possibly [O, I, 1, kh, kw]).
+    Rule("hunyuan_image", VAE, "comfyui", "HunyuanImage 2.1 VAE (ComfyUI / official layout)",
+         ("decoder.conv_in.weight", "encoder.conv_in.weight", "decoder.up.0.upsample.conv.weight"),
+         check=lambda s, p: _shape(s, p, "decoder.conv_in.weight")[1:3] in ((64, 3), (64, 1))),
+    Rule("hunyuan_image", VAE, "diffusers", "HunyuanImage 2.1 VAE (diffusers layout)",
+         ("decoder.conv_in.weight", "encoder.down_blocks.0.conv1.weight", "decoder.mid_block.attentions.0.to_q.weight"),
+         check=lambda s, p: _shape(s, p, "decoder.conv_in.weight")[1:3] == (64, 3)),
+    # The refiner's VAE is 3-D (causal convs holding `.conv`), 32 latent channels, 16x; in ComfyUI 0.8 the
+    # HunyuanVideo 1.5 VAE has this layout too.
+    Rule("hunyuan_image_refiner", VAE, "comfyui", "HunyuanImage 2.1 refiner VAE (3-D, 32 latent channels)",
+         ("decoder.conv_in.conv.weight", "encoder.conv_in.conv.weight"),
+         check=lambda s, p: _shape(s, p, "decoder.conv_in.conv.weight")[1:3] == (32, 3), supported=False),
     Rule("flux2", VAE, "bfl", "FLUX.2 VAE", ("bn.running_mean", "decoder.conv_in.weight"), supported=False),
     Rule("wan", DIFFUSION_MODEL, "comfyui", "Wan video diffusion model",
          ("patch_embedding.weight", "blocks.0.self_attn.q.weight"), supported=False),

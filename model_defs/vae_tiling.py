@@ -61,6 +61,17 @@ def tiled_encode(encode_fn: Callable[[torch.Tensor], torch.Tensor], images: torc
                   output_device=output_device, progress=progress)
 
 
+def crop_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Centre-crop H and W down to multiples of `multiple` (what ComfyUI's VAE encode does before encoding,
+    and what tiled_encode needs)."""
+    height, width = images.shape[-2:]
+    keep = (height - height % multiple, width - width % multiple)
+    if min(keep) == 0:
+        raise ValueError(f"images must be at least {multiple}x{multiple} pixels, got {width}x{height}")
+    top, left = (height % multiple) // 2, (width % multiple) // 2
+    return images[..., top:top + keep[0], left:left + keep[1]]
+
+
 def _default(pixels: int, scale: int) -> int:
     return max(1, pixels // scale)
 

@@ -122,7 +122,7 @@ class MMDiTVAEDecode:
 
 class MMDiTVAEEncode:
     DESCRIPTION = ("Encodes images to a latent with the family VAE (for image-to-image). Sides that are not "
-                   "multiples of 8 are centre-cropped, as ComfyUI's VAE Encode does.")
+                   "multiples of the VAE's scale (8 or 32 pixels) are centre-cropped, as ComfyUI's VAE Encode does.")
     CATEGORY = f"{CATEGORY}/latent"
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "encode"

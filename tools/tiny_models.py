@@ -17,6 +17,7 @@ from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.transformer import QwenImageConfig, QwenImageTransformer
 from ..model_defs.qwen_image.vae import QwenImageVAE, QwenImageVAEConfig
 from ..model_defs.hunyuan_image.transformer import HunyuanImageConfig, HunyuanImageTransformer
+from ..model_defs.hunyuan_image.vae import HunyuanImageVAE, HunyuanImageVAEConfig
 from ..model_defs.text_encoders import byt5, qwen25vl
 
 TINY_QWEN_DIT = QwenImageConfig(
@@ -115,6 +116,17 @@ TINY_HUNYUAN_DISTILLED_DIT = HunyuanImageConfig(**{**TINY_HUNYUAN_DIT.__dict__, 
 def tiny_hunyuan_dit_state_dict(config: HunyuanImageConfig = TINY_HUNYUAN_DIT, seed: int = 0) -> dict[str, torch.Tensor]:
     """ComfyUI-layout weights of a tiny HunyuanImage 2.1 DiT (base, or distilled with that config)."""
     return random_state_dict(HunyuanImageTransformer(config, StandaloneOps, device="meta"), seed)
+
+
+# The real 32x VAE's structure (six stages, 64 latent channels) at narrow widths.
+TINY_HUNYUAN_VAE = HunyuanImageVAEConfig(block_out_channels=(32, 32, 64, 64, 128, 128))
+
+
+def tiny_hunyuan_vae_state_dict(config: HunyuanImageVAEConfig = TINY_HUNYUAN_VAE, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI-layout (= official) weights of a tiny HunyuanImage 2.1 VAE."""
+    vae = HunyuanImageVAE(config)
+    randomise_vae_(vae, seed)
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
 def _stand_in_kind(name: str) -> str:
