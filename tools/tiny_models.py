@@ -83,11 +83,11 @@ def write_safetensors(state_dict: dict, path, dtype: torch.dtype | None = None, 
     return path
 
 
-def tiny_qwen_text_state_dict(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def tiny_qwen_text_state_dict(vocab_size: int, seed: int = 0, layers: int = 2) -> dict[str, torch.Tensor]:
     """ComfyUI single-file names (model.embed_tokens, model.layers.N, model.norm) of a tiny Qwen2.5-VL
-    language model: one 128-dim head, two layers, hidden 128 (the tiny diffusion model's text width)."""
+    language model: one 128-dim head, `layers` layers, hidden 128 (the tiny diffusion models' text width)."""
     config = qwen25vl.QwenTextConfig(vocab_size=vocab_size, hidden_size=TINY_QWEN_DIT.joint_attention_dim,
-                                     intermediate_size=256, num_hidden_layers=2, num_key_value_heads=1)
+                                     intermediate_size=256, num_hidden_layers=layers, num_key_value_heads=1)
     model = qwen25vl.build_text_model(config)
     return {"model." + k: v for k, v in random_state_dict(model, seed, scale=0.1).items()}
 
@@ -162,5 +162,6 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
             return write_safetensors(tiny_byt5_state_dict(), target, dtype=torch.bfloat16)
         tokenizer_dir = write_tiny_qwen_tokenizer(target.parent / f"{target.stem}_tokenizer")
         vocab = len(load_tokenizer(tokenizer_dir))
-        return write_safetensors(tiny_qwen_text_state_dict(vocab), target, dtype=torch.bfloat16)
+        # 4 layers: HunyuanImage 2.1 reads the third-from-last hidden state, a layer's output.
+        return write_safetensors(tiny_qwen_text_state_dict(vocab, layers=4), target, dtype=torch.bfloat16)
     raise ValueError(f"no tiny stand-in for models/{folder}")
