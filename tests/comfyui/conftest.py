@@ -2,6 +2,7 @@
 failure, see tests/conftest.py)."""
 
 import pytest
+import torch
 
 from comfy_harness import ComfyServer, import_comfy_inprocess
 
@@ -13,8 +14,10 @@ def comfy_inprocess():
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
-    """One ComfyUI server for the session, with tiny Qwen-Image files in its models folders under the
-    names the shipped workflows use, plus a GGUF of the diffusion model."""
+    """One ComfyUI server for the session, with tiny Qwen-Image and HunyuanImage 2.1 files in its models
+    folders under the names the shipped workflows use, in published layouts (HunyuanImage: the base model
+    in the fused original names, the distilled one in the official Tencent split-q/k/v names), plus GGUFs
+    of the diffusion models."""
     import sys
     from pathlib import Path
 
@@ -28,6 +31,24 @@ def comfy_server(tmp_path_factory):
     convert(dit, dit.with_name("qwen-image-Q4_0.gguf"), "Q4_0")
     write_tiny_component("text_encoders", models / "text_encoders" / "qwen_2.5_vl_7b.safetensors")
     write_tiny_component("vae", models / "vae" / "qwen_image_vae.safetensors")
+    write_hunyuan_image_files(models)
     server.start()
     yield server
     server.stop()
+
+
+def write_hunyuan_image_files(models):
+    from comfyui_mmdit.tools.convert import convert
+    from comfyui_mmdit.tools.tiny_models import (TINY_HUNYUAN_DISTILLED_DIT, TINY_HUNYUAN_DIT, tiny_hunyuan_dit_state_dict,
+                                                 write_safetensors, write_tiny_component)
+    from hunyuan_layouts import in_layout
+
+    hidden = TINY_HUNYUAN_DIT.hidden_size
+    dit = models / "diffusion_models"
+    base = in_layout(tiny_hunyuan_dit_state_dict(seed=21), "fused_original", "dit", hidden)
+    write_safetensors(base, dit / "hunyuanimage2.1_bf16.safetensors", dtype=torch.bfloat16)
+    distilled = in_layout(tiny_hunyuan_dit_state_dict(TINY_HUNYUAN_DISTILLED_DIT, seed=22), "tencent", "distilled_dit", hidden)
+    write_safetensors(distilled, dit / "hunyuanimage2.1_distilled_bf16.safetensors", dtype=torch.bfloat16)
+    convert(dit / "hunyuanimage2.1_distilled_bf16.safetensors", dit / "hunyuanimage2.1-distilled-Q8_0.gguf", "Q8_0")
+    write_tiny_component("text_encoders", models / "text_encoders" / "byt5_small_glyphxl_fp16.safetensors")
+    write_tiny_component("vae", models / "vae" / "hunyuan_image_2.1_vae_fp16.safetensors")

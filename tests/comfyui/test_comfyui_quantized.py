@@ -109,8 +109,8 @@ def _write_lora(models, network, name="detail.safetensors"):
             layer = network.get_submodule(f"transformer_blocks.{i}.attn.{projection}")
             out_features, in_features = layer.out_features, layer.in_features
             key = f"transformer.transformer_blocks.{i}.attn.{projection}"
-            lora[f"{key}.lora_A.weight"] = torch.randn(4, in_features, generator=g) * 0.2
-            lora[f"{key}.lora_B.weight"] = torch.randn(out_features, 4, generator=g) * 0.2
+            lora[f"{key}.lora_A.weight"] = torch.randn(4, in_features, generator=g) * 0.3
+            lora[f"{key}.lora_B.weight"] = torch.randn(out_features, 4, generator=g) * 0.3
     save_file(lora, str(models / "loras" / name))
     return name, len(lora) // 2
 

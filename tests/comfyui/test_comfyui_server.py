@@ -30,7 +30,8 @@ def test_pack_loads_without_import_errors(comfy_server):
     assert aspect_options["mmdit_presets"]["Qwen-Image"]["16:9"] == [1664, 928]
     # ComfyUI offers workflows/*.json as templates: only the UI-format ones (the API twins would not open).
     templates = json.loads(comfy_server.get_text("/workflow_templates"))["ComfyUI-MMDiT"]
-    assert sorted(templates) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json")) == ["qwen_image_t2i"]
+    assert sorted(templates) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json")) == [
+        "hunyuanimage21_distilled", "hunyuanimage21_t2i", "qwen_image_t2i"]
 
 
 def test_core_only_workflow_runs(comfy_server):
