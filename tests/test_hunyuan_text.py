@@ -1,7 +1,6 @@
 """HunyuanImage 2.1's text conditioning: quoted-text extraction and formatting, and encode_prompt parity
 with diffusers' HunyuanImagePipeline (tiny random Qwen2.5-VL and ByT5), limits and missing encoders."""
 
-
 import pytest
 import torch
 
