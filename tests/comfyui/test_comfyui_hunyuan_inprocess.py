@@ -1,0 +1,116 @@
+"""HunyuanImage 2.1 inside a real ComfyUI (in-process): the native MODEL class and shift per variant, the
+MMDiTSampler under ComfyUI's sampler equal to the standalone path (which tests/test_hunyuan_pipeline.py
+holds against diffusers), embedded guidance as ComfyUI's FluxGuidance writes it, and ComfyUI's block
+replacement patches on both block kinds."""
+
+import pytest
+import torch
+
+from comfy_harness import pack_on_comfyui_host, write_tiny_models
+
+FAMILY = "HunyuanImage 2.1"
+PROMPT = 'a shop sign that reads "OPEN" above a red door'
+FILES = {"base": "hunyuan_tiny.safetensors", "distilled": "hunyuan_distilled_tiny.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_inprocess, tmp_path_factory):
+    models = tmp_path_factory.mktemp("comfy_hunyuan_models")
+    for name in FILES.values():
+        write_tiny_models(comfy_inprocess.folder_paths, models, {"diffusion_models": name})
+    write_tiny_models(comfy_inprocess.folder_paths, models, {
+        "text_encoders": "qwen_tiny.safetensors", "vae": "hunyuan_tiny_vae.safetensors"})
+    write_tiny_models(comfy_inprocess.folder_paths, models, {"text_encoders": "byt5_tiny.safetensors"})
+    with pack_on_comfyui_host() as nodes:
+        yield nodes, models
+
+
+def _graph(nodes, variant):
+    model, = nodes["MMDiTModelLoader"]().load(FILES[variant])
+    encoder, = nodes["MMDiTTextEncoderLoader"]().load("qwen_tiny.safetensors", FAMILY, "byt5_tiny.safetensors")
+    positive, = nodes["MMDiTTextEncode"]().encode(encoder, PROMPT)
+    negative, = nodes["MMDiTTextEncode"]().encode(encoder, "")
+    latent, = nodes["MMDiTEmptyLatent"]().generate(FAMILY, "custom (width x height)", 96, 64, 2)
+    return dict(model=model, positive=positive, negative=negative, latent=latent)
+
+
+@pytest.fixture(scope="module")
+def graphs(pack):
+    nodes, _ = pack
+    return {variant: _graph(nodes, variant) for variant in FILES}
+
+
+def _sample(nodes, graph, **settings):
+    settings = {"steps": 8, "cfg": 3.5, **settings}
+    samples, = nodes["MMDiTSampler"]().sample(graph["model"], graph["positive"], graph["negative"], graph["latent"],
+                                              11, **settings)
+    return samples["samples"]
+
+
+@pytest.mark.parametrize("variant, shift", [("base", 5.0), ("distilled", 4.0)])
+def test_native_model_class_and_the_variants_shift(comfy_inprocess, graphs, variant, shift):
+    model = graphs[variant]["model"]
+    assert isinstance(model.model, comfy_inprocess.comfy.model_base.HunyuanImage21)
+    sampling = model.get_model_object("model_sampling")
+    assert sampling.shift == shift and sampling.multiplier == 1000
+
+
+@pytest.mark.parametrize("variant, settings", [
+    ("base", {}),  # 8 steps: CFG for steps 0-5, the adaptive projected guidance after
+    ("distilled", {"steps": 4, "cfg": 3.25}),  # embedded guidance, MeanFlow step ends
+])
+def test_mmdit_sampler_in_comfyui_matches_the_standalone_path(pack, graphs, variant, settings):
+    nodes, models = pack
+    in_comfyui = _sample(nodes, graphs[variant], **settings)
+
+    from comfyui_mmdit.nodes import host
+    from comfyui_mmdit.nodes.host.standalone import StandaloneHost
+
+    host.set_host(StandaloneHost(models_dir=models, device="cpu"))
+    try:
+        standalone = _sample(nodes, _graph(nodes, variant), **settings)
+    finally:
+        host.set_host(None)
+    assert in_comfyui.shape == (2, 64, 2, 3)
+    torch.testing.assert_close(in_comfyui, standalone, atol=1e-4, rtol=1e-5)
+
+
+def test_embedded_guidance_from_flux_guidance_and_the_core_ksampler(comfy_inprocess, pack, graphs):
+    """ComfyUI's FluxGuidance writes the conditioning's "guidance"; the core KSampler (one pass, cfg 1) then
+    gives what MMDiTSampler gives with that scale on the same schedule; without it the variant's 3.25."""
+    from comfy_extras.nodes_flux import FluxGuidance
+
+    nodes, _ = pack
+    graph = graphs["distilled"]
+    ours = _sample(nodes, graph, steps=3, cfg=2.0, scheduler="simple")
+
+    def core(positive):
+        samples, = comfy_inprocess.nodes.KSampler().sample(graph["model"], 11, 3, 1.0, "euler", "simple", positive,
+                                                           graph["negative"], graph["latent"])
+        return samples["samples"]
+
+    guided = FluxGuidance().append(graph["positive"], 2.0)
+    guided = guided[0] if isinstance(guided, tuple) else guided.args[0]
+    torch.testing.assert_close(core(guided), ours, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(core(graph["positive"]), _sample(nodes, graph, steps=3, cfg=3.25, scheduler="simple"),
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_block_replace_patches_on_both_block_kinds(pack, graphs):
+    nodes, _ = pack
+    graph = graphs["base"]
+    reference = _sample(nodes, graph, steps=2)
+    calls = {"double_block": 0, "single_block": 0}
+
+    def counting(kind):
+        def replace(args, extra):
+            calls[kind] += 1
+            return extra["original_block"](args)
+        return replace
+
+    patched = graph["model"].clone()
+    patched.set_model_patch_replace(counting("double_block"), "dit", "double_block", 1)
+    patched.set_model_patch_replace(counting("single_block"), "dit", "single_block", 0)
+    out = _sample(nodes, {**graph, "model": patched}, steps=2)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    assert calls == {"double_block": 4, "single_block": 4}  # 2 steps x (cond + uncond)
