@@ -8,6 +8,12 @@ from .model_loader import MMDiTModelLoader
 from .sampler import MMDiTSampler
 from .text import MMDiTTextEncode, MMDiTTextEncoderLoader
 from .vae import MMDiTVAEDecode, MMDiTVAEEncode, MMDiTVAELoader
+from .host import running_in_comfyui
+
+if running_in_comfyui():
+    from .host.routes import register_routes
+
+    register_routes()
 
 NODE_CLASS_MAPPINGS = {
     "MMDiTModelLoader": MMDiTModelLoader,

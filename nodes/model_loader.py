@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..loaders.check_cache import check_once
 from ..loaders.diffusion_model import read_diffusion_model
 from ..model_defs.attention import BACKENDS, available_backends
 from .common import CATEGORY, files_or_placeholder, log
@@ -53,3 +54,20 @@ class MMDiTModelLoader:
             attention = "auto"
         model_file = read_diffusion_model(host.full_path("diffusion_models", model_name))
         return (host.load_diffusion_model(model_file, weight_dtype=weight_dtype, attention_backend=attention),)
+
+
+def sampling_defaults(model_name: str) -> dict:
+    """The official sampling of the model a file holds, for the editor to prefill MMDiT Sampler when a model
+    is picked: {"family", "variant", "steps", "cfg", "guidance"}. Read from the file's tensor shapes (no
+    weights), remembered per file version. Raises ModelFileError / FileNotFoundError as the loader would."""
+    host = get_host()
+    if model_name not in host.folder_files("diffusion_models"):  # only what the loader lists, nothing else
+        raise FileNotFoundError(f"{model_name!r} is not in the diffusion_models folders")
+
+    def summary(path):
+        model_file = read_diffusion_model(path)
+        official = model_file.family.sampling_for(model_file.config)
+        return {"family": model_file.family.display_name, "variant": model_file.family.variant_of(model_file.config),
+                "steps": official.steps, "cfg": official.guidance_scale, "guidance": official.guidance_name}
+
+    return dict(check_once("diffusion_models:sampling", host.full_path("diffusion_models", model_name), summary))

@@ -4,7 +4,11 @@
 //   not make. The sizes come from the node definition (option "mmdit_presets").
 // - Workflows saved before the sampler lost its shift widget (and its 0-means-default values) open with
 //   the values they meant, and an old latent preset keeps the size it made.
+// - Picking a model in MMDiT Load Diffusion Model prefills the MMDiT Samplers it feeds with that model's
+//   official steps and guidance (asked from the server, which reads the family and variant from the file:
+//   HunyuanImage 2.1 distilled gets 8 steps and 3.25). Opening a saved workflow changes nothing.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
 const CUSTOM = "custom (width x height)";
 // MMDiT Sampler's widgets before the change, in order (the seed's control widget follows the seed).
@@ -91,10 +95,39 @@ function setupSampler(nodeType, nodeData) {
   });
 }
 
+// The MMDiT Samplers that take this node's output directly.
+function fedSamplers(node) {
+  const links = node.outputs?.[0]?.links ?? [];
+  return links.map((id) => app.graph.links[id] ?? app.graph.links.get?.(id))
+    .map((link) => link && app.graph.getNodeById(link.target_id))
+    .filter((target) => target?.type === "MMDiTSampler");
+}
+
+async function prefillSamplers(node, modelName) {
+  const response = await api.fetchApi(`/mmdit/sampling_defaults?model_name=${encodeURIComponent(modelName)}`);
+  if (!response.ok) return;  // not a model we can read: the loader itself will say why when queued
+  const defaults = await response.json();
+  for (const sampler of fedSamplers(node)) {
+    for (const [name, value] of [["steps", defaults.steps], ["cfg", defaults.cfg]]) {
+      const w = widget(sampler, name);
+      if (w && value !== undefined) w.value = value;
+    }
+    sampler.setDirtyCanvas?.(true, true);
+  }
+}
+
+function setupModelLoader(nodeType) {
+  afterMethod(nodeType, "onNodeCreated", function () {
+    const name = widget(this, "model_name");
+    if (name) afterCallback(name, () => prefillSamplers(this, name.value));
+  });
+}
+
 app.registerExtension({
   name: "ComfyUI-MMDiT.EmptyLatentPresets",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === "MMDiTEmptyLatent") setupEmptyLatent(nodeType, nodeData);
     if (nodeData.name === "MMDiTSampler") setupSampler(nodeType, nodeData);
+    if (nodeData.name === "MMDiTModelLoader") setupModelLoader(nodeType);
   },
 });

@@ -2,6 +2,8 @@
 // test_frontend.py: the pack's editor extension, the MMDiT Empty Latent presets, and UI workflows turned
 // back into prompts by the frontend itself.
 //   node frontend_check.mjs URL UI_WORKFLOW.json...   (PLAYWRIGHT_DIR: a folder with playwright-core installed)
+// With PREFILL_MODEL set, it then picks that model in the last workflow's MMDiT Load Diffusion Model and
+// reports the steps and cfg its MMDiT Sampler shows afterwards.
 import { createRequire } from "module";
 import fs from "fs";
 
@@ -18,7 +20,7 @@ try {
   page.on("pageerror", (e) => result.pageErrors.push(`${e.message}\n${e.stack}`));
   await page.goto(url, { waitUntil: "networkidle", timeout: 90000 });
   await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 90000 });
-  Object.assign(result, await page.evaluate(async (workflows) => {
+  Object.assign(result, await page.evaluate(async ([workflows, prefillModel]) => {
     const out = {};
     out.extensions = window.app.extensions.map((e) => e.name);
     const node = window.LiteGraph.createNode("MMDiTEmptyLatent");
@@ -37,8 +39,21 @@ try {
       await window.app.loadGraphData(workflow);
       out.prompts.push((await window.app.graphToPrompt()).output);
     }
+    if (prefillModel) {
+      const nodes = window.app.graph._nodes;
+      const loader = nodes.find((n) => n.type === "MMDiTModelLoader");
+      const sampler = nodes.find((n) => n.type === "MMDiTSampler");
+      const value = (n, name) => n.widgets.find((w) => w.name === name).value;
+      const modelWidget = loader.widgets.find((w) => w.name === "model_name");
+      modelWidget.value = prefillModel;
+      modelWidget.callback?.(prefillModel);
+      for (let i = 0; i < 50 && value(sampler, "steps") === out.prompts.at(-1)[sampler.id].inputs.steps; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      out.prefilled = { steps: value(sampler, "steps"), cfg: value(sampler, "cfg") };
+    }
     return out;
-  }, uiPaths.map((path) => JSON.parse(fs.readFileSync(path, "utf8")))));
+  }, [uiPaths.map((path) => JSON.parse(fs.readFileSync(path, "utf8"))), process.env.PREFILL_MODEL || ""]));
 } finally {
   await browser.close();
 }

@@ -49,15 +49,21 @@ def browser_server():
     ] if not ok]
     if missing:
         pytest.skip(f"browser tests need {', '.join(missing)}: run scripts/setup_browser_tests.sh COMFYUI_PATH")
-    server = ComfyServer(front_end_root=frontend_root(comfyui)).start()
+    server = ComfyServer(front_end_root=frontend_root(comfyui))
+    from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+    for name in ("hunyuanimage2.1_bf16.safetensors", "hunyuanimage2.1_distilled_bf16.safetensors"):
+        write_tiny_component("diffusion_models", server.base_dir / "models" / "diffusion_models" / name)
+    server.start()
     yield server
     server.stop()
 
 
-def frontend_run(server, *ui_workflows: Path) -> dict:
+def frontend_run(server, *ui_workflows: Path, prefill_model: str = "") -> dict:
     result = subprocess.run(["node", str(HERE / "frontend_check.mjs"), server.url, *map(str, ui_workflows)],
                             capture_output=True, text=True, timeout=240,
-                            env=dict(os.environ, PLAYWRIGHT_DIR=str(PLAYWRIGHT_DIR), CHROMIUM=CHROMIUM))
+                            env=dict(os.environ, PLAYWRIGHT_DIR=str(PLAYWRIGHT_DIR), CHROMIUM=CHROMIUM,
+                                     PREFILL_MODEL=prefill_model))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -86,3 +92,12 @@ def test_a_workflow_saved_before_the_sampler_changed_opens_with_the_values_it_me
     Opened now, it is the same prompt as the shipped workflow of today (which makes the same image)."""
     seen = frontend_run(browser_server, HERE / "legacy_qwen_image_t2i.json")
     assert_prompt_is(seen["prompts"][0], json.loads((REPO / "workflows" / "api" / "qwen_image_t2i.api.json").read_text()))
+
+
+def test_picking_a_model_prefills_the_sampler_with_its_official_values(browser_server):
+    """The base workflow (50 steps, 3.5); picking the distilled model sets its sampler to 8 steps, 3.25."""
+    base = ui_twin(REPO / "workflows" / "api" / "hunyuanimage21_t2i.api.json")
+    seen = frontend_run(browser_server, base, prefill_model="hunyuanimage2.1_distilled_bf16.safetensors")
+    assert seen["prompts"][0]["6"]["inputs"]["steps"] == 50
+    assert seen["prefilled"] == {"steps": 8, "cfg": 3.25}
+    assert not [e for e in seen["pageErrors"] if "mmdit" in e.lower()], seen["pageErrors"]

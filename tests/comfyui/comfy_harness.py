@@ -209,6 +209,13 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
             return response.read().decode()
 
+    def get_json(self, path: str, timeout: float = 30.0) -> tuple[int, dict]:
+        """GET `path`: (HTTP status, the JSON answer), for errors too."""
+        try:
+            return 200, self._request(path, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -92,3 +92,17 @@ def test_hunyuan_model_in_a_qwen_graph(comfy_server):
     workflow["6"]["inputs"].update(steps=1)
     message = failure(comfy_server, workflow)
     assert "16 channels" in message and "HunyuanImage 2.1 works on 64-channel latents" in message
+
+
+def test_sampling_defaults_route_reads_the_variant_from_the_file(comfy_server):
+    """What the editor asks when a model is picked (web/mmdit.js prefills MMDiT Sampler with it)."""
+    def ask(name):
+        return comfy_server.get_json(f"/mmdit/sampling_defaults?model_name={name}")
+
+    assert ask("hunyuanimage2.1_distilled_bf16.safetensors") == (200, {
+        "family": "HunyuanImage 2.1", "variant": "distilled", "steps": 8, "cfg": 3.25, "guidance": "embedded guidance"})
+    status, answer = ask("hunyuanimage2.1_bf16.safetensors")
+    assert status == 200 and (answer["steps"], answer["cfg"], answer["variant"]) == (50, 3.5, "base")
+    assert ask("qwen_image_bf16.safetensors")[1]["cfg"] == 4.0
+    status, answer = ask("../../etc/passwd")
+    assert status == 400 and "is not in the diffusion_models folders" in answer["error"]
