@@ -98,3 +98,19 @@ def fp8_variants(state: dict, folder: Path, name: str = "qwen") -> dict[str, tup
         save_file(values, str(reference))
         out[layout] = (fp8_path, reference)
     return out
+
+
+def transformers_qwen25vl(vocab_size: int, layers: int):
+    """transformers' Qwen2.5-VL at the tiny language model's size (tools/tiny_models.tiny_qwen_text_state_dict:
+    one 128-dim head, hidden 128) with a one-block vision tower: the reference the parity tests give diffusers."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
+                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, max_position_embeddings=2048,
+                         bos_token_id=None, eos_token_id=None),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
+                           fullatt_block_indexes=[0]),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config).eval()

@@ -52,6 +52,8 @@ from comfyui_mmdit.tools.tiny_models import (
 )
 from comfyui_mmdit.tools.tiny_tokenizer import byt5_tokenizer, write_byt5_tokenizer, write_tiny_qwen_tokenizer
 
+from helpers import transformers_qwen25vl
+
 PROMPT = "a watercolor painting of mountains at sunrise with a lake in the foreground"
 GLYPH_PROMPT = 'A cozy bookshop on a rainy evening, a hand-painted sign that says "OPEN" above the door'
 NEGATIVE = ""  # the official default, and what our workflows pass
@@ -100,7 +102,7 @@ def diffusers_transformer(distilled: bool, seed: int):
 def setup(tmp_path_factory):
     from diffusers import (AdaptiveProjectedMixGuidance, AutoencoderKLHunyuanImage, FlowMatchEulerDiscreteScheduler,
                            HunyuanImagePipeline)
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     models = tmp_path_factory.mktemp("models")
     text_dir = models / "text_encoders"
@@ -110,14 +112,7 @@ def setup(tmp_path_factory):
     qwen_tokenizer = load_tokenizer(qwen_tokenizer_dir)
     qwen_state = tiny_qwen_text_state_dict(len(qwen_tokenizer), seed=21, layers=4)
     write_safetensors(qwen_state, text_dir / QWEN_FILE)
-    qwen = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(qwen_tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, max_position_embeddings=2048,
-                         bos_token_id=None, eos_token_id=None),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
-                           fullatt_block_indexes=[0]),
-    )).eval()
+    qwen = transformers_qwen25vl(len(qwen_tokenizer), layers=4)
     qwen.model.language_model.load_state_dict({k[len("model."):]: v for k, v in qwen_state.items()})
 
     # ByT5 with Glyph-SDXL-v2's token table.

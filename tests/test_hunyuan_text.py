@@ -12,6 +12,7 @@ from comfyui_mmdit.model_defs.text_encoders.byt5_tokenizer import with_glyph_mar
 from comfyui_mmdit.tools.tiny_models import TINY_BYT5, random_state_dict, tiny_byt5_state_dict, write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import byt5_tokenizer, write_tiny_qwen_tokenizer
 
+from helpers import transformers_qwen25vl
 
 ATOL = 1e-5  # same weights, same ids, fp32: summation order only
 
@@ -69,19 +70,11 @@ def pipeline(files):
     """diffusers' pipeline around a tiny random Qwen2.5-VL (4 layers, so the third-from-last hidden state
     is a layer's output) and a tiny random ByT5 with Glyph-SDXL-v2's 1510-token table."""
     from diffusers import HunyuanImagePipeline
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     root, qwen_tokenizer_dir = files
     qwen_tokenizer = load_tokenizer(qwen_tokenizer_dir)
-    qwen_config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(qwen_tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-                         max_position_embeddings=2048, bos_token_id=None, eos_token_id=None),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
-                           fullatt_block_indexes=[0]),
-    )
-    qwen = Qwen2_5_VLForConditionalGeneration(qwen_config).eval()
+    qwen = transformers_qwen25vl(len(qwen_tokenizer), layers=4)
     qwen.load_state_dict(random_state_dict(qwen, seed=11, scale=0.1))
     c = TINY_BYT5
     t5 = T5EncoderModel(T5Config(vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff,

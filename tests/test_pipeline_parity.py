@@ -20,6 +20,8 @@ from comfyui_mmdit.tools.tiny_models import (
 )
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
+from helpers import transformers_qwen25vl
+
 PROMPT = "a watercolor painting of mountains at sunrise with a lake in the foreground"
 NEGATIVE = "blurry, low quality"
 # Images in [0, 1] after a few fp32 steps: differences come only from summation order, amplified a
@@ -31,7 +33,6 @@ IMAGE_ATOL = 1e-4
 def setup(tmp_path_factory):
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, \
         QwenImageTransformer2DModel
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     models = tmp_path_factory.mktemp("models")
     tokenizer_dir = write_tiny_qwen_tokenizer(models / "text_encoders" / "qwen_tiny_tokenizer")
@@ -39,15 +40,7 @@ def setup(tmp_path_factory):
 
     text_state = tiny_qwen_text_state_dict(len(tokenizer), seed=11)
     write_safetensors(text_state, models / "text_encoders" / "qwen_tiny.safetensors")
-    text_config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, max_position_embeddings=2048,
-                         bos_token_id=None, eos_token_id=None),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
-                           fullatt_block_indexes=[0]),
-    )
-    text_encoder = Qwen2_5_VLForConditionalGeneration(text_config).eval()
+    text_encoder = transformers_qwen25vl(len(tokenizer), layers=2)
     text_encoder.model.language_model.load_state_dict({k[len("model."):]: v for k, v in text_state.items()})
 
     dit_state = tiny_qwen_dit_state_dict(seed=12)

@@ -12,7 +12,7 @@ from comfyui_mmdit.model_defs.text_encoders import qwen25vl
 from comfyui_mmdit.tools.tiny_models import random_state_dict, write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
-from helpers import manifest_shapes
+from helpers import manifest_shapes, transformers_qwen25vl
 
 PROMPTS = ["a cat on a chair", "", "a watercolor painting of mountains at sunrise with a lake in the foreground"]
 # Same weights, same token ids, fp32: the only difference allowed is summation order.
@@ -28,18 +28,9 @@ def tokenizer_dir(tmp_path_factory):
 def reference(tokenizer_dir):
     """diffusers' pipeline around a tiny random Qwen2.5-VL (one 128-dim head, two layers)."""
     from diffusers import QwenImagePipeline
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-                         max_position_embeddings=2048, bos_token_id=None, eos_token_id=None),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
-                           fullatt_block_indexes=[0]),
-    )
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = transformers_qwen25vl(len(tokenizer), layers=2)
     model.load_state_dict(random_state_dict(model, seed=7, scale=0.1))
     pipeline = QwenImagePipeline(scheduler=None, vae=None, text_encoder=model, tokenizer=tokenizer, transformer=None)
     pipeline.prompt_template_encode_start_idx = qwen25vl.template_prefix_tokens(tokenizer, PROMPT_TEMPLATE)
