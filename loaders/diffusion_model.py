@@ -37,6 +37,16 @@ class DiffusionModelFile:
     stored_dtype: torch.dtype  # the dtype most weights are stored in
     parameter_count: int
     quantized: bool = False  # holds QuantizedTensor weights (scaled FP8, GGUF): needs quantized ops
+    copied_bytes: int = 0  # what loading copies into memory (fused q/k/v of an official file), about
+
+    def memory_note(self) -> str | None:
+        """A note for files whose layout makes loading copy a large part of them into memory."""
+        if self.copied_bytes < (1 << 30):
+            return None
+        return (f"{Path(self.path).name}: its layout ({self.identity.description}) is fused as it loads, copying "
+                f"about {self.copied_bytes / 1e9:.1f} GB into memory (the rest stays memory-mapped). To load it "
+                f"mapped, convert it once: python cli.py convert {Path(self.path).name} OUT.safetensors --type "
+                f"bf16 (or fp8_scaled, or a GGUF type)")
 
     @property
     def description(self) -> str:
@@ -71,8 +81,10 @@ def read_diffusion_model(path, checkpoint: Checkpoint | None = None) -> Diffusio
     dtypes = Counter(checkpoint.dtype(k) for k in file_keys if len(checkpoint.shape(k)) >= 2)
     stored_dtype = dtypes.most_common(1)[0][0] if dtypes else torch.float32
     count = sum(torch.Size(s).numel() for s in shapes.values())
+    quantized = weights.holds_quantized()
+    bytes_per_value = 1 if quantized else torch.empty(0, dtype=stored_dtype).element_size()
     return DiffusionModelFile(str(checkpoint.path), identity, family, config, weights, stored_dtype, count,
-                              weights.holds_quantized())
+                              quantized, weights.copied_elements() * bytes_per_value)
 
 
 def _family(checkpoint: Checkpoint, identity: Identity) -> FamilySpec:

@@ -53,6 +53,9 @@ class MMDiTModelLoader:
             log.warning("attention backend %s is not available here; using auto", attention)
             attention = "auto"
         model_file = read_diffusion_model(host.full_path("diffusion_models", model_name))
+        note = model_file.memory_note()
+        if note:
+            log.warning("%s", note)
         return (host.load_diffusion_model(model_file, weight_dtype=weight_dtype, attention_backend=attention),)
 
 

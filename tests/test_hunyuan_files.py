@@ -313,3 +313,21 @@ def test_the_scale_file_picked_as_the_model_points_to_the_weights(tmp_path):
     _official_fp8(tiny_layouts("dit")["tencent"], tmp_path, in_file_scales=True)
     with pytest.raises(ModelFileError, match="is an FP8 scale map, not a model.*hunyuanimage2.1_fp8.safetensors"):
         open_checkpoint(tmp_path / "hunyuanimage2.1_fp8_scale.safetensors")
+
+
+@pytest.mark.parametrize("layout, copied", [("comfyui", False), ("diffusers", True), ("tencent", True)])
+def test_what_loading_copies_is_known_before_loading(tmp_path, layout, copied):
+    """Fused q/k/v (and swapped halves) are copies: the loader knows their size up front, to say so for a big
+    official file; a ComfyUI-layout file copies nothing."""
+    from comfyui_mmdit.tools.tiny_models import TINY_HUNYUAN_DIT, tiny_hunyuan_dit_state_dict
+    from hunyuan_layouts import in_layout
+
+    state = in_layout(tiny_hunyuan_dit_state_dict(), layout, "dit", TINY_HUNYUAN_DIT.hidden_size)
+    model_file = read_diffusion_model(_save(state, tmp_path / f"{layout}.safetensors"))
+    assert model_file.identity.layout == layout
+    assert (model_file.copied_bytes > 0) == copied
+    if layout == "tencent":  # at least every block's fused q/k/v and linear1 matrix, in float32
+        fused = sum(v.numel() for k, v in tiny_hunyuan_dit_state_dict().items()
+                    if k.startswith(("double_blocks.", "single_blocks.")) and k.endswith(("qkv.weight", "linear1.weight")))
+        assert model_file.copied_bytes >= fused * 4 > 0
+    assert model_file.memory_note() is None  # under a gigabyte: nothing to say

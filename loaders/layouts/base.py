@@ -337,3 +337,8 @@ class LayoutStateDict(Mapping):
     def holds_quantized(self) -> bool:
         """Whether any file tensor read is a QuantizedTensor (views only: no data is read)."""
         return any(is_quantized(self._tensor(k)) for k in self.file_keys())
+
+    def copied_elements(self) -> int:
+        """How many values loading copies out of the file (fused or swapped tensors) instead of mapping."""
+        return sum(math.prod(self.shapes[name]) for name, source in self.plan.items()
+                   if isinstance(source, (Concat, SwapHalves)))
