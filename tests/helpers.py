@@ -114,3 +114,32 @@ def transformers_qwen25vl(vocab_size: int, layers: int):
                            fullatt_block_indexes=[0]),
     )
     return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def official_fp8_release(tencent: dict, folder: Path, in_file_scales: bool = False,
+                         name: str = "hunyuanimage2.1_fp8"):
+    """The official FP8 release in the Tencent layout, as hyimage's convert_fp8_linear writes it: every
+    Linear weight inside the double and single blocks FP8 (e4m3fn) with its own scale amax / 448
+    (per_tensor_quantize), everything else bf16; the scales in `<name>_scale.safetensors` keyed by layer
+    (and, if `in_file_scales`, also in the weights file as `<layer>.weight_scale`). Returns (weights path,
+    {name: the value each tensor stands for, float32}, {layer: scale})."""
+    from safetensors.torch import save_file
+
+    weights, values, scales = {}, {}, {}
+    for key, tensor in tencent.items():
+        if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and tensor.ndim == 2:
+            layer = key[: -len(".weight")]
+            scale = (tensor.abs().amax() / torch.finfo(torch.float8_e4m3fn).max).float().reshape(())
+            weights[key] = (tensor / scale).to(torch.float8_e4m3fn)
+            scales[layer] = scale
+            values[key] = weights[key].float() * scale  # the official formula: weight x its layer's scale
+            if in_file_scales:
+                weights[layer + ".weight_scale"] = scale
+        else:
+            weights[key] = tensor.to(torch.bfloat16)
+            values[key] = weights[key].float()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+    save_file(scales, str(folder / f"{name}_scale.safetensors"))
+    return path, values, scales

@@ -4,10 +4,13 @@
     python cli.py convert qwen_image_bf16.safetensors qwen_image_fp8_scaled.safetensors --type fp8_scaled
 
 Tensor names in the output are the pack's own (the ComfyUI layout), so ComfyUI's native loaders and
-ComfyUI-GGUF read the files too. What stays precise is the family's choice (model_defs): 1-D tensors,
-embeddings, modulation of the whole model and the final layer at full precision, per-block modulation at
-8 bits at least; everything else in the requested type. The family is recorded in the file's metadata
-(GGUF: general.architecture; safetensors: "mmdit.family").
+ComfyUI-GGUF read the files too. What stays precise: 1-D tensors, rows too short for GGUF blocks, every
+table the network looks up by row rather than multiplies (its Embedding layers' weights: a text encoder's
+token table, T5's relative-position table; found from the network itself, so the rule holds for every
+family), and the family's choice (model_defs: input embeddings, modulation of the whole model and the
+final layer at full precision, per-block modulation at 8 bits at least); everything else in the requested
+type. The family is recorded in the file's metadata (GGUF: general.architecture; safetensors:
+"mmdit.family"). The source is checked against the network before anything is written.
 
 Tensors are read memory-mapped and written one at a time, so converting needs about one tensor's memory,
 not the model's.
@@ -25,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..loaders.assign import check_shapes, module_shapes
 from ..loaders.checkpoints import SAFETENSORS_DTYPES, open_checkpoint
 from ..loaders.detection import DIFFUSION_MODEL, TEXT_ENCODER, find_component, identify_all
 from ..loaders.errors import ModelFileError
@@ -70,12 +74,59 @@ def source_tensors(checkpoint, identity) -> dict[str, tuple[tuple[int, ...], tor
             for key in checkpoint.keys() if key.startswith(prefix)}
 
 
+def lookup_tables(checkpoint, identity) -> set[str]:
+    """Output names of the tensors the network reads by row (the weights of its Embedding layers), found by
+    building the network on the meta device from the file's shapes (checked against it on the way).
+
+    They stay precise whatever the family: a looked-up row reaches the network as it is stored, so its
+    quantization error is not averaged over a dot product as a matrix's is, and every token carries it
+    (a Q4 token table shifts each input by several percent). The tables are a small share of an encoder
+    (ByT5: 2.2M of 219M values; Qwen2.5-VL: 545M of 7.7B, kept precise before this rule by its name)."""
+    prefix = identity.prefix
+    if identity.component == DIFFUSION_MODEL:
+        from ..loaders.diffusion_model import read_diffusion_model
+        from ..model_defs.ops import StandaloneOps
+
+        if FAMILIES.get(identity.family) is None:
+            return set()
+        model_file = read_diffusion_model(checkpoint.path, checkpoint)  # the network check, nothing read
+        return _embedding_weights(model_file.family.network_class(model_file.config, StandaloneOps, device="meta"))
+    kind = _text_encoder_kind(identity.family)
+    if kind is None:
+        return set()
+    names = kind.names(checkpoint, prefix, identity.layout)
+    shapes = {name: checkpoint.shape(key) for key, name in names.items()}
+    try:
+        config = kind.spec.config_from_shapes(shapes)
+    except (KeyError, ValueError, IndexError) as e:
+        raise ModelFileError(checkpoint.path, f"looks like a {identity.description} but its configuration "
+                             "cannot be read from its tensors", found=f"{type(e).__name__}: {e}") from None
+    network = kind.spec.build(config)
+    check_shapes(checkpoint.path, identity.description, shapes, module_shapes(network))
+    tables = _embedding_weights(network)
+    return {key[len(prefix):] for key, name in names.items() if name in tables}
+
+
+def _embedding_weights(network: torch.nn.Module) -> set[str]:
+    return {f"{name}.weight" if name else "weight" for name, module in network.named_modules()
+            if isinstance(module, torch.nn.Embedding)}
+
+
+def _text_encoder_kind(family: str):
+    """The text-encoder loader's record for an encoder kind (its file names, network and tokenizer search),
+    None for a kind it does not run."""
+    from ..loaders import text_encoder
+
+    return text_encoder._KINDS.get(family)  # noqa: SLF001 (the loader's table of kinds; no public accessor yet)
+
+
 def plan_tensors(checkpoint, identity, family_spec) -> list[Plan]:
     precise = family_spec.quant.precise_tensors if family_spec else ()
     eight_bit = family_spec.quant.eight_bit_tensors if family_spec else ()
+    tables = lookup_tables(checkpoint, identity)
     plans = []
     for name, (shape, dtype, read) in source_tensors(checkpoint, identity).items():
-        if len(shape) < 2 or shape[-1] % GGUF_BLOCK or any(p in name for p in precise) or "embed_tokens" in name:
+        if len(shape) < 2 or shape[-1] % GGUF_BLOCK or name in tables or any(p in name for p in precise):
             storage = "precise"
         elif any(p in name for p in eight_bit):
             storage = "q8"
@@ -125,10 +176,24 @@ def source_component(source) -> str:
 
 def copy_tokenizer(source, target) -> Path | None:
     """Copy the tokenizer beside a text-encoder source to `<target stem>_tokenizer/` beside the target, where
-    the loader looks first; returns the copy, or None when the source has none beside it."""
+    the loader looks first; returns the copy, or None when the source has none beside it. The tokenizer is
+    found as the loader finds it for the source's kind (a ByT5 file's is the one naming ByT5Tokenizer: in a
+    diffusers repo, tokenizer_2/, not the Qwen2.5 tokenizer/ beside it)."""
     from ..loaders.text_encoder import holds_tokenizer, places_beside
+    from ..loaders.tokenizers import BUILTIN_BYT5
 
-    found = next((p.folder for p in places_beside(Path(source)) if holds_tokenizer(p.folder)), None)
+    checkpoint, identity, _ = _source(source)
+    kind = _text_encoder_kind(identity.family)
+    if kind is None:
+        found = next((p.folder for p in places_beside(Path(source)) if holds_tokenizer(p.folder)), None)
+    else:
+        names = kind.names(checkpoint, identity.prefix, identity.layout)
+        config = kind.spec.config_from_shapes({name: checkpoint.shape(key) for key, name in names.items()})
+        try:
+            _, place = kind.tokenizer(Path(source), None, [], config)
+        except ModelFileError:  # none beside the source
+            place = None
+        found = None if place is None or place == BUILTIN_BYT5 else place.folder
     if found is None:
         return None
     copy = Path(target).parent / f"{Path(target).stem}_tokenizer"

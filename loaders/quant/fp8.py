@@ -31,14 +31,17 @@ Layouts read:
     compute dtype first, a difference of at most one bf16 rounding of the scale).
 
 Checked, each failure a ModelFileError naming the file (all from the header, no tensor data read except
-the small comfy_quant records):
+the small comfy_quant records and, in an FP8 file without any scale, its smallest FP8 matrix):
 * a scale in the file belongs to an FP8 weight the file holds, is floating point, and has 1 element or one
   per output row of that weight; a layer has one scale, not two;
 * in a scaled file every FP8 tensor of 2 or more dimensions has a scale (ComfyUI writes one for every
   Linear, so a missing one means a damaged file, and the weight alone would have the wrong magnitude);
 * comfy_quant records are small uint8 JSON objects with a supported string "format", for FP8 weights;
-* official maps hold one floating-point value per layer, for layers the weights file holds; an FP8 .pt
-  without its map is refused.
+* official maps hold one floating-point value per layer, for layers the weights file holds; with a map,
+  every FP8 layer has a scale (from the map or the file), else the layers without one are named; an FP8
+  .pt without its map is refused, and so is an FP8 file without any scale whose weights are stored
+  scaled to the format's full range (an official release's weights without their scale file: a plain
+  FP8 cast of a real network never reaches 448).
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class FP8View(Checkpoint):
     """`inner` with its FP8 weights as QuantizedTensor: scaled by the file's own scale tensors, by an
     official map (`scale_map`: weight key -> scale), or unscaled (a plain FP8 file)."""
 
-    def __init__(self, inner: Checkpoint, scale_map: dict[str, torch.Tensor] | None = None):
+    def __init__(self, inner: Checkpoint, scale_map: dict[str, torch.Tensor] | None = None, map_path=None):
         super().__init__(inner.path)
         self.inner = inner
         self.format = f"{inner.format}-fp8"
@@ -117,6 +120,17 @@ class FP8View(Checkpoint):
         if self.scaled:
             unscaled = [k for k in self._keys if inner.dtype(k) in FP8_DTYPES and len(inner.shape(k)) >= 2
                         and k not in self._scale_keys and k not in self._map_scales]
+            if unscaled and map_path is not None:
+                layers = [_layer(k, ".weight") if k.endswith(".weight") else k for k in unscaled]
+                raise ModelFileError(
+                    self.path, f"has {len(unscaled)} FP8 layers that neither it nor its scale map "
+                               f"{Path(map_path).name} gives a scale",
+                    found=f"no scale for layer {summarize_keys(layers)}",
+                    expected=f"a scale in {Path(map_path).name} (or a <layer>.weight_scale in the file) for every "
+                             f"FP8 layer",
+                    hint="The scale map belongs to another release or is incomplete; download the weights file "
+                         "and its scale map of the same release again.",
+                )
             if unscaled:
                 raise ModelFileError(
                     self.path, f"is a scaled FP8 file, but {len(unscaled)} FP8 weights have no scale tensor",
@@ -269,10 +283,35 @@ def with_fp8_scales(checkpoint: Checkpoint) -> Checkpoint:
                 expected=f"the scale map {path.stem}{SCALE_MAP_SUFFIX}.pt beside it",
                 hint="Official FP8 releases ship the weights and a *_map.pt file; put both in the same folder.",
             )
+        _refuse_scaled_weights_without_scales(checkpoint, fp8)
         return FP8View(checkpoint)  # plain FP8: the weights are the values
     scales = read_scale_map(map_path)
     unknown = [k for k in scales if k not in checkpoint]
     if unknown:
         raise ModelFileError(map_path, f"scales {len(unknown)} layers that {path.name} does not contain",
                              found=summarize_keys(unknown), hint="The map belongs to a different weights file.")
-    return FP8View(checkpoint, scale_map=scales)
+    return FP8View(checkpoint, scale_map=scales, map_path=map_path)
+
+
+def _refuse_scaled_weights_without_scales(checkpoint: Checkpoint, fp8_keys: list[str]) -> None:
+    """FP8 weights without any scale are either a plain FP8 file (value = the fp8 number) or an official
+    release's weights whose scale file is missing (each layer then off by its scale, amax / 448: garbage,
+    not an error, if loaded). One thing tells them apart: a scaled weight is stored so that its largest
+    magnitude is the format's largest value (448 for e4m3fn), which a real network's weight cast to FP8
+    does not reach. The smallest FP8 matrix is read to tell (the only tensor data this check reads)."""
+    matrices = [k for k in fp8_keys if len(checkpoint.shape(k)) >= 2]
+    if not matrices:
+        return
+    key = min(matrices, key=lambda k: math.prod(checkpoint.shape(k)))
+    data = checkpoint.tensor(key)
+    largest = torch.finfo(data.dtype).max
+    if data.numel() and data.float().abs().max().item() == largest:
+        path = Path(checkpoint.path)
+        raise ModelFileError(
+            path, "holds FP8 weights scaled to the format's full range, but no scales",
+            found=f"{key} reaches {largest:g}, the largest {_dtype_name(data.dtype)} value, and no scale file "
+                  f"beside it",
+            expected=f"its scale file beside it ({path.stem}_scale.safetensors, or {path.stem}{SCALE_MAP_SUFFIX}.pt)",
+            hint="Official FP8 releases ship the weights and a separate scale file; put both in the same folder "
+                 "(without it every layer would be off by its scale).",
+        )
