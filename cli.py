@@ -211,12 +211,15 @@ def convert(args) -> int:
 
 
 def _place_tokenizer(source: Path, written: Path) -> None:
-    from comfyui_mmdit.loaders.text_encoder import places_beside
+    from comfyui_mmdit.loaders.text_encoder import BUILTIN_BYT5, places_beside, read_text_encoder
     from comfyui_mmdit.tools.convert import copy_tokenizer
 
     copy = copy_tokenizer(source, written)
     if copy is not None:
         print(f"copied the source's tokenizer to {copy} (the converted file finds it there)")
+        return
+    if read_text_encoder(written).tokenizer_source == BUILTIN_BYT5:
+        print("no tokenizer beside the source: the converted ByT5 uses the pack's built-in byte tokenizer")
         return
     looks = ", ".join(str(p.folder) for p in places_beside(written))
     print(f"no tokenizer beside {source}: the converted file will look for one in {looks}, then in the "
@@ -249,13 +252,16 @@ def _parser() -> argparse.ArgumentParser:
     from comfyui_mmdit.tools.convert import TYPES as convert_types
 
     convert_parser = commands.add_parser(
-        "convert", parents=[common], help="quantize a bf16/fp16 diffusion model or text encoder to GGUF or scaled FP8",
+        "convert", parents=[common], help="quantize a bf16/fp16 diffusion model or text encoder to GGUF or scaled FP8 "
+                                          "(or rewrite it as bf16 in the fused ComfyUI layout)",
         description="Norms, embeddings, the model-wide modulation and the final layer stay at full precision, "
-                    "per-block modulation at 8 bits at least; the family is recorded in the file. A text "
+                    "per-block modulation at 8 bits at least; the family is recorded in the file. Output names are "
+                    "the ComfyUI layout whatever the source's (an official split-q/k/v file comes out fused). A text "
                     "encoder's tokenizer is copied beside the output as <output stem>_tokenizer/.")
     convert_parser.add_argument("source", help="a bf16/fp16 .safetensors file, sharded index or diffusers folder")
-    convert_parser.add_argument("target", help="the output: .gguf for GGUF types, .safetensors for fp8_scaled")
-    convert_parser.add_argument("--type", required=True, choices=convert_types, help="the quantization to write")
+    convert_parser.add_argument("target", help="the output: .gguf for GGUF types, .safetensors for fp8_scaled and bf16")
+    convert_parser.add_argument("--type", required=True, choices=convert_types,
+                                help="the quantization to write (bf16: none, only the layout)")
     convert_parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     convert_parser.set_defaults(func=convert)
     return parser

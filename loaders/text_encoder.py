@@ -201,6 +201,12 @@ _KINDS = {
 ENCODER_KINDS = tuple(_KINDS)
 
 
+def encoder_kind(name: str):
+    """The loader's record for an encoder kind ("qwen25_vl", "byt5": its file names, network spec and
+    tokenizer search), None for a kind it does not run."""
+    return _KINDS.get(name)
+
+
 def build_text_encoder(checked: TextEncoderFile, dtype: torch.dtype | None = None, device="cpu",
                        operations=None) -> LoadedTextEncoder:
     """The encoder with the checked file's tensors assigned.

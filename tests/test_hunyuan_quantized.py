@@ -384,3 +384,22 @@ def test_gguf_that_does_not_fit_the_network(bf16, tmp_path):
     with pytest.raises(ModelFileError, match="does not fit the HunyuanImage 2.1 diffusion model"):
         convert(misfit, tmp_path / "never.gguf", "Q8_0")
     assert not (tmp_path / "never.gguf").exists()
+
+
+def test_bf16_conversion_rewrites_an_official_file_fused_and_loads_mapped(tmp_path):
+    """--type bf16 quantizes nothing: the official split-q/k/v file comes out in the network's own names,
+    every tensor the value it had (in bf16), and the result loads without copying anything."""
+    from comfyui_mmdit.loaders.diffusion_model import read_diffusion_model
+    from comfyui_mmdit.tools.convert import convert
+    from comfyui_mmdit.tools.tiny_models import TINY_HUNYUAN_DIT, tiny_hunyuan_dit_state_dict, write_safetensors
+    from hunyuan_layouts import in_layout
+
+    comfy = tiny_hunyuan_dit_state_dict(seed=5)
+    official = write_safetensors(in_layout(comfy, "tencent", "dit", TINY_HUNYUAN_DIT.hidden_size),
+                                 tmp_path / "hunyuanimage2.1.safetensors", dtype=torch.bfloat16)
+    assert read_diffusion_model(official).copied_bytes > 0
+    out = read_diffusion_model(convert(official, tmp_path / "hunyuanimage2.1_bf16.safetensors", "bf16"))
+    assert out.identity.layout == "comfyui" and out.copied_bytes == 0 and out.stored_dtype == torch.bfloat16
+    assert set(out.state_dict) == set(comfy)
+    for name, value in comfy.items():
+        assert torch.equal(out.state_dict[name], value.to(torch.bfloat16)), name

@@ -1,7 +1,12 @@
-"""Convert a bf16/fp16 checkpoint (any layout the pack reads) into GGUF or scaled FP8.
+"""Convert a bf16/fp16 checkpoint (any layout the pack reads) into GGUF, scaled FP8, or bf16 in the
+network's own names.
 
     python cli.py convert qwen_image_bf16.safetensors qwen_image-Q4_0.gguf --type Q4_0
     python cli.py convert qwen_image_bf16.safetensors qwen_image_fp8_scaled.safetensors --type fp8_scaled
+    python cli.py convert hunyuanimage2.1.safetensors hunyuanimage2.1_bf16.safetensors --type bf16
+
+bf16 quantizes nothing: it writes an official split-q/k/v (or diffusers) file once in the fused layout,
+which then loads memory-mapped instead of being fused in memory at every load.
 
 Tensor names in the output are the pack's own (the ComfyUI layout), so ComfyUI's native loaders and
 ComfyUI-GGUF read the files too. What stays precise: 1-D tensors, rows too short for GGUF blocks, every
@@ -44,7 +49,8 @@ WEIGHT_FILE_SUFFIXES = MODEL_FILE_SUFFIXES + (".safetensors.index.json",)
 
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
 FP8_SCALED = "fp8_scaled"
-TYPES = GGUF_TYPES + (FP8_SCALED,)
+BF16 = "bf16"  # no quantization: the file rewritten in the network's own names (fused), every float in bf16
+TYPES = GGUF_TYPES + (FP8_SCALED, BF16)
 GGUF_BLOCK = 32  # the block width of the legacy types; K types need rows of 256 (else they fall to Q8_0)
 # general.architecture per family: ComfyUI-GGUF loads only the architectures it lists, and files HunyuanImage
 # 2.1 share HunyuanVideo's ("hyvid"); our reader recognises files by their tensors, whatever the tag.
@@ -115,9 +121,9 @@ def _embedding_weights(network: torch.nn.Module) -> set[str]:
 def _text_encoder_kind(family: str):
     """The text-encoder loader's record for an encoder kind (its file names, network and tokenizer search),
     None for a kind it does not run."""
-    from ..loaders import text_encoder
+    from ..loaders.text_encoder import encoder_kind
 
-    return text_encoder._KINDS.get(family)  # noqa: SLF001 (the loader's table of kinds; no public accessor yet)
+    return encoder_kind(family)
 
 
 def plan_tensors(checkpoint, identity, family_spec) -> list[Plan]:
@@ -152,7 +158,7 @@ def _source(path):
 def convert(source, target, qtype: str, progress=None) -> Path:
     if qtype not in TYPES:
         raise ValueError(f"unknown target type {qtype!r}; choose one of {', '.join(TYPES)}")
-    suffix = ".safetensors" if qtype == FP8_SCALED else ".gguf"
+    suffix = ".safetensors" if qtype in (FP8_SCALED, BF16) else ".gguf"
     if Path(target).suffix.lower() != suffix:
         raise ValueError(f"{qtype} is written as a {suffix} file; the output name {Path(target).name!r} "
                          f"ends in {Path(target).suffix or 'no extension'}")
@@ -164,6 +170,8 @@ def convert(source, target, qtype: str, progress=None) -> Path:
                 "mmdit.quantization": qtype, "mmdit.converted_from": Path(source).name}
     if qtype == FP8_SCALED:
         _write_fp8(checkpoint, plans, target, metadata, progress)
+    elif qtype == BF16:
+        _write_bf16(plans, target, metadata, progress)
     else:
         _write_gguf(checkpoint, plans, target, qtype, identity.family, metadata, progress)
     return target
@@ -253,6 +261,15 @@ def _write_fp8(checkpoint, plans, target, metadata, progress):
         layer = plan.name[: -len(".weight")] if plan.name.endswith(".weight") else plan.name
         entries.append((plan.name, torch.float8_e4m3fn, plan.shape, lambda plan=plan: parts(plan)[0]))
         entries.append((layer + ".scale_weight", torch.float32, (), lambda plan=plan: parts(plan)[1]))
+    write_safetensors_streaming(target, entries, metadata, progress)
+
+
+# --- bf16 (a re-layout: an official split-q/k/v file written fused, so it loads memory-mapped) -----------
+def _write_bf16(plans, target, metadata, progress):
+    def stored(plan):
+        return torch.bfloat16 if plan.dtype.is_floating_point else plan.dtype
+
+    entries = [(plan.name, stored(plan), plan.shape, plan.read) for plan in plans]
     write_safetensors_streaming(target, entries, metadata, progress)
 
 
