@@ -211,14 +211,16 @@ def convert(args) -> int:
 
 
 def _place_tokenizer(source: Path, written: Path) -> None:
-    from comfyui_mmdit.loaders.text_encoder import BUILTIN_BYT5, places_beside, read_text_encoder
+    from comfyui_mmdit.loaders.checkpoints import open_checkpoint
+    from comfyui_mmdit.loaders.detection import TEXT_ENCODER, find_component
+    from comfyui_mmdit.loaders.text_encoder import places_beside
     from comfyui_mmdit.tools.convert import copy_tokenizer
 
     copy = copy_tokenizer(source, written)
     if copy is not None:
         print(f"copied the source's tokenizer to {copy} (the converted file finds it there)")
         return
-    if read_text_encoder(written).tokenizer_source == BUILTIN_BYT5:
+    if find_component(open_checkpoint(written), TEXT_ENCODER).family == "byt5":  # bytes need no vocabulary
         print("no tokenizer beside the source: the converted ByT5 uses the pack's built-in byte tokenizer")
         return
     looks = ", ".join(str(p.folder) for p in places_beside(written))

@@ -386,6 +386,16 @@ def test_convert_copies_the_tokenizer_beside_the_output(tmp_path, capsys, model_
     assert "COMFYUI_PATH" in out and not (tmp_path / "bare" / "qwen-Q8_0_tokenizer").exists()
 
 
+def test_convert_of_a_byt5_without_tokenizer_says_the_built_in_one_serves(tmp_path, capsys):
+    from comfyui_mmdit.tools.tiny_models import tiny_byt5_state_dict
+
+    source = write_safetensors(tiny_byt5_state_dict(), tmp_path / "byt5_small_glyphxl_fp16.safetensors")
+    target = tmp_path / "out" / "byt5-Q8_0.gguf"
+    assert cli.main(["convert", str(source), str(target), "--type", "Q8_0"]) == 0
+    assert "the converted ByT5 uses the pack's built-in byte tokenizer" in capsys.readouterr().out
+    assert load_text_encoder(target).encoder_kind == "byt5"
+
+
 # --- the loaders' VALIDATE_INPUTS -------------------------------------------------------------------------
 def test_validate_inputs_checks_each_file_version_once(tmp_path, model_set, monkeypatch):
     from comfyui_mmdit.nodes import vae as vae_nodes
