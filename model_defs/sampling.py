@@ -25,8 +25,11 @@ def exponential_shift(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
 
 
 def stretch_to_terminal(sigmas: torch.Tensor, terminal: float) -> torch.Tensor:
-    """Rescale 1 - sigma so the last (non-zero) sigma lands exactly on `terminal`."""
+    """Rescale 1 - sigma so the last (non-zero) sigma lands exactly on `terminal`. A one-step schedule has
+    nothing to stretch (its only sigma is 1, where the formula divides 0 by 0): it is returned as it is."""
     one_minus = 1 - sigmas
+    if float(one_minus[-1]) == 0.0:
+        return sigmas
     return 1 - one_minus / (one_minus[-1] / (1 - terminal))
 
 

@@ -84,11 +84,11 @@ class MMDiTSampler:
             "sampler_name": (list(host.sampler_names()), {"default": "euler"}),
             "scheduler": ([OFFICIAL_SCHEDULE] + list(host.scheduler_names()), {
                 "default": OFFICIAL_SCHEDULE,
-                "tooltip": "official: the official pipeline's sigma schedule; its shift follows from the image "
-                           "size (Qwen-Image: exponential shift from 0.5 at 256 to 0.9 at 8192 image tokens, "
-                           "last sigma 0.02). The others are ComfyUI's schedulers over the MODEL's own shift, "
-                           "as the core KSampler uses it (set it with ModelSamplingAuraFlow: 3.1 in ComfyUI's "
-                           "Qwen-Image template; ComfyUI's default is close to that).",
+                "tooltip": "official: the official pipeline's sigma schedule (Qwen-Image: exponential shift from 0.5 "
+                           "at 256 to 0.9 at 8192 image tokens, last sigma 0.02; HunyuanImage 2.1: constant shift "
+                           "5, distilled 4). The others are ComfyUI's schedulers over the MODEL's own shift, as the "
+                           "core KSampler uses it (HunyuanImage: the variant's shift; Qwen-Image: set it with "
+                           "ModelSamplingAuraFlow, 3.1 in ComfyUI's template; ComfyUI's default is close to that).",
             }),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                   "tooltip": "Below 1 keeps part of the input latent (image-to-image)."}),

@@ -81,6 +81,9 @@ def test_official_and_host_schedules(models, loaded):
     official = schedule(host, loaded["model"], QWEN_IMAGE, "official", 10, (1, 16, 128, 128), 1.0)
     assert len(official) == 11 and official[0] == 1 and official[-1] == 0
     assert abs(official[-2].item() - 0.02) < 1e-6  # the official terminal sigma
+    # One step: pure noise to the image (the terminal stretch would divide 0 by 0 there: it is skipped).
+    torch.testing.assert_close(schedule(host, loaded["model"], QWEN_IMAGE, "official", 1, (1, 16, 128, 128), 1.0),
+                               torch.tensor([1.0, 0.0]))
     partial = schedule(host, loaded["model"], QWEN_IMAGE, "official", 10, (1, 16, 128, 128), 0.5)
     assert len(partial) == 11 and 0 < partial[0] < 1  # the tail of a 20-step schedule
     torch.testing.assert_close(partial, schedule(host, loaded["model"], QWEN_IMAGE, "official", 20,

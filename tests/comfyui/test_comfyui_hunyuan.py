@@ -106,3 +106,31 @@ def test_sampling_defaults_route_reads_the_variant_from_the_file(comfy_server):
     assert ask("qwen_image_bf16.safetensors")[1]["cfg"] == 4.0
     status, answer = ask("../../etc/passwd")
     assert status == 400 and "is not in the diffusion_models folders" in answer["error"]
+
+
+def _qwen_workflow() -> dict:
+    workflow = json.loads((ROOT / "workflows" / "api" / "qwen_image_t2i.api.json").read_text())
+    workflow["5"]["inputs"].update(aspect="custom (width x height)", width=64, height=64)
+    workflow["6"]["inputs"].update(steps=1, seed=77)
+    return workflow
+
+
+def test_hunyuan_vae_in_a_qwen_graph_is_named(comfy_server):
+    workflow = _qwen_workflow()
+    workflow["7"]["inputs"]["vae_name"] = "hunyuan_image_2.1_vae_fp16.safetensors"
+    message = failure(comfy_server, workflow)
+    assert "16 channels (Qwen-Image latents)" in message and "HunyuanImage 2.1 VAE" in message
+
+
+def test_prompts_encoded_for_hunyuan_in_a_qwen_graph_are_refused(comfy_server):
+    workflow = _qwen_workflow()
+    workflow["2"]["inputs"].update(family="HunyuanImage 2.1", text_encoder_2_name="byt5_small_glyphxl_fp16.safetensors")
+    message = failure(comfy_server, workflow)
+    assert "encoded for HunyuanImage 2.1" in message and "the model is Qwen-Image" in message
+
+
+def test_a_byt5_picked_as_the_main_encoder_of_qwen_image_is_named(comfy_server):
+    workflow = _qwen_workflow()
+    workflow["2"]["inputs"]["text_encoder_name"] = "byt5_small_glyphxl_fp16.safetensors"
+    message = failure(comfy_server, workflow)
+    assert "is not a text encoder Qwen-Image uses" in message and "Qwen2.5-VL-7B" in message
