@@ -114,3 +114,30 @@ def test_block_replace_patches_on_both_block_kinds(pack, graphs):
     out = _sample(nodes, {**graph, "model": patched}, steps=2)
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
     assert calls == {"double_block": 4, "single_block": 4}  # 2 steps x (cond + uncond)
+
+
+@pytest.mark.parametrize("sampler_name, scheduler", [("heun", "simple"), ("dpmpp_2m", "karras"),
+                                                     ("euler_ancestral", "beta"), ("euler", "official")])
+def test_comfyui_samplers_with_the_official_guidance(pack, graphs, sampler_name, scheduler):
+    """Multi-call samplers (Heun) and other schedules run the adaptive projected guidance too."""
+    nodes, _ = pack
+    out = _sample(nodes, graphs["base"], steps=8, sampler_name=sampler_name, scheduler=scheduler)
+    assert out.shape == (2, 64, 2, 3) and torch.isfinite(out).all()
+
+
+def test_odd_size_batch_and_image_to_image(pack):
+    """224x160 pixels (a 7x5 latent), batch 3, one step; then the decoded images encoded and resampled at
+    denoise 0.5 (partial schedule, noise added to the encoded latent)."""
+    nodes, _ = pack
+    graph = _graph(nodes, "distilled")
+    latent, = nodes["MMDiTEmptyLatent"]().generate(FAMILY, "custom (width x height)", 224, 160, 3)
+    samples, = nodes["MMDiTSampler"]().sample(graph["model"], graph["positive"], graph["negative"], latent, 2,
+                                              steps=1, cfg=3.25)
+    vae, = nodes["MMDiTVAELoader"]().load("hunyuan_tiny_vae.safetensors")
+    images, = nodes["MMDiTVAEDecode"]().decode(samples, vae)
+    assert images.shape == (3, 160, 224, 3)
+    encoded, = nodes["MMDiTVAEEncode"]().encode(images, vae)
+    assert encoded["samples"].shape == (3, 64, 5, 7)
+    again, = nodes["MMDiTSampler"]().sample(graph["model"], graph["positive"], graph["negative"], encoded, 2,
+                                            steps=4, cfg=3.25, denoise=0.5)
+    assert again["samples"].shape == (3, 64, 5, 7) and torch.isfinite(again["samples"]).all()
