@@ -213,7 +213,7 @@ def convert(args) -> int:
 def _place_tokenizer(source: Path, written: Path) -> None:
     from comfyui_mmdit.loaders.checkpoints import open_checkpoint
     from comfyui_mmdit.loaders.detection import TEXT_ENCODER, find_component
-    from comfyui_mmdit.loaders.text_encoder import places_beside
+    from comfyui_mmdit.loaders.tokenizers import places_beside
     from comfyui_mmdit.tools.convert import copy_tokenizer
 
     copy = copy_tokenizer(source, written)

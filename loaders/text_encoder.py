@@ -38,9 +38,7 @@ from .errors import ModelFileError
 from .layouts import llama_cpp
 from .quant.ops import quantized_ops
 from .quant.tensor import holds_quantized
-from .tokenizers import (  # noqa: F401  (re-exported: the hosts, nodes, converter and tests import them from here)
-    BUILTIN_BYT5, TOKENIZER_FILES, TokenizerPlace, check_vocabulary, find_byt5_tokenizer, find_qwen_tokenizer,
-    find_tokenizer, holds_tokenizer, load_tokenizer, places_beside)
+from .tokenizers import TokenizerPlace, check_vocabulary, find_byt5_tokenizer, find_qwen_tokenizer
 
 # Parts of the file that are not the language model (kept on disk).
 SKIPPED_PREFIXES = ("visual.", "model.visual.", "lm_head.")

@@ -10,7 +10,8 @@ import torch
 
 from comfyui_mmdit.loaders.errors import ModelFileError
 from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
-from comfyui_mmdit.loaders.text_encoder import BUILTIN_BYT5, load_text_encoder, read_text_encoder, t5_encoder_names
+from comfyui_mmdit.loaders.text_encoder import load_text_encoder, read_text_encoder, t5_encoder_names
+from comfyui_mmdit.loaders.tokenizers import BUILTIN_BYT5
 from comfyui_mmdit.model_defs.ops import StandaloneOps
 from comfyui_mmdit.model_defs.text_encoders import byt5
 from comfyui_mmdit.model_defs.text_encoders.byt5_tokenizer import (

@@ -12,7 +12,8 @@ import torch
 from comfyui_mmdit import cli
 from comfyui_mmdit.loaders import check_cache
 from comfyui_mmdit.loaders.errors import ModelFileError
-from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
+from comfyui_mmdit.loaders.text_encoder import load_text_encoder
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.model_defs.qwen_image.transformer import QwenImageConfig
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
 from comfyui_mmdit.nodes.host import set_host

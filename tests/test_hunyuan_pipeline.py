@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from comfyui_mmdit.loaders.diffusion_model import read_diffusion_model
-from comfyui_mmdit.loaders.text_encoder import load_tokenizer
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.loaders.vae import read_vae
 from comfyui_mmdit.model_defs.hunyuan_image import family, text as hunyuan_text
 from comfyui_mmdit.model_defs.hunyuan_image.sampling import (

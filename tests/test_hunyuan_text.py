@@ -4,7 +4,8 @@ with diffusers' HunyuanImagePipeline (tiny random Qwen2.5-VL and ByT5), limits a
 import pytest
 import torch
 
-from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
+from comfyui_mmdit.loaders.text_encoder import load_text_encoder
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.model_defs.hunyuan_image import text as hunyuan_text
 from comfyui_mmdit.model_defs.hunyuan_image.glyph import format_glyph_texts, glyph_prompt, quoted_texts
 from comfyui_mmdit.model_defs.text_encoders import qwen25vl

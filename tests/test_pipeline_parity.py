@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfyui_mmdit.loaders.keymaps.qwen_image_vae import diffusers_to_comfyui
-from comfyui_mmdit.loaders.text_encoder import load_tokenizer
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.model_defs.qwen_image import family
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
 from comfyui_mmdit.nodes.host import set_host

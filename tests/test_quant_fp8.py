@@ -223,7 +223,8 @@ def test_converter_records_the_family(files):
 def test_scaled_fp8_text_encoder(tmp_path):
     """A Qwen2.5-VL text encoder in scaled FP8 (as qwen_2.5_vl_7b_fp8_scaled.safetensors is published):
     projections kept FP8, the token table precise, hidden states close to the bf16 encoder's."""
-    from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
+    from comfyui_mmdit.loaders.text_encoder import load_text_encoder
+    from comfyui_mmdit.loaders.tokenizers import load_tokenizer
     from comfyui_mmdit.tools.tiny_models import tiny_qwen_text_state_dict
     from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 

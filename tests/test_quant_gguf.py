@@ -9,7 +9,8 @@ from comfyui_mmdit.loaders.checkpoints import open_checkpoint
 from comfyui_mmdit.loaders.diffusion_model import read_diffusion_model
 from comfyui_mmdit.loaders.errors import ModelFileError
 from comfyui_mmdit.loaders.quant.tensor import QuantizedTensor
-from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
+from comfyui_mmdit.loaders.text_encoder import load_text_encoder
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.model_defs.qwen_image.transformer import QwenImageConfig
 from comfyui_mmdit.tools.convert import GGUF_TYPES, convert
 from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict, tiny_qwen_text_state_dict, write_safetensors

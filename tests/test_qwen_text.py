@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from comfyui_mmdit.loaders.errors import ModelFileError
-from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_tokenizer
+from comfyui_mmdit.loaders.text_encoder import load_text_encoder
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.model_defs.qwen_image.family import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
 from comfyui_mmdit.model_defs.text_encoders import qwen25vl
 from comfyui_mmdit.tools.tiny_models import random_state_dict, write_safetensors

@@ -187,7 +187,7 @@ def copy_tokenizer(source, target) -> Path | None:
     the loader looks first; returns the copy, or None when the source has none beside it. The tokenizer is
     found as the loader finds it for the source's kind (a ByT5 file's is the one naming ByT5Tokenizer: in a
     diffusers repo, tokenizer_2/, not the Qwen2.5 tokenizer/ beside it)."""
-    from ..loaders.text_encoder import holds_tokenizer, places_beside
+    from ..loaders.tokenizers import holds_tokenizer, places_beside
     from ..loaders.tokenizers import BUILTIN_BYT5
 
     checkpoint, identity, _ = _source(source)

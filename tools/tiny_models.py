@@ -143,7 +143,7 @@ def _stand_in_kind(name: str) -> str:
 def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -> Path:
     """A tiny stand-in for a file a workflow names: diffusion model, text encoder (with its tokenizer
     beside it) or VAE, of the family the file name says (see _stand_in_kind; Qwen-Image otherwise)."""
-    from ..loaders.text_encoder import load_tokenizer
+    from ..loaders.tokenizers import load_tokenizer
     from .tiny_tokenizer import write_byt5_tokenizer, write_tiny_qwen_tokenizer
 
     target = Path(target)

@@ -11,7 +11,7 @@ image half-extent, so they never collide with image positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch

@@ -240,7 +240,7 @@ class ComfyUIHost:
         return Path(path)
 
     def tokenizer_places(self, name: str) -> list:
-        from ...loaders.text_encoder import TokenizerPlace
+        from ...loaders.tokenizers import TokenizerPlace
 
         bundled = Path(comfy.utils.__file__).parent / "text_encoders" / f"{name}_tokenizer"
         return [TokenizerPlace(bundled, "the tokenizer ComfyUI ships")]

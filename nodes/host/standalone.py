@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ...loaders.formats.open import MODEL_FILE_SUFFIXES
-from ...loaders.text_encoder import TokenizerPlace
+from ...loaders.tokenizers import TokenizerPlace
 from ...model_defs.spec import FamilySpec
 from ...model_defs.sampling import shifted_sigmas
 from .progress import StderrProgress

@@ -7,7 +7,7 @@ import sys
 import textwrap
 import warnings
 
-from comfyui_mmdit.loaders.text_encoder import load_tokenizer
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.model_defs.hunyuan_image import text as hunyuan_text
 from comfyui_mmdit.model_defs.qwen_image.family import PROMPT_TEMPLATE, PROMPT_TEMPLATE_DROP
 from comfyui_mmdit.model_defs.text_encoders import qwen25vl
