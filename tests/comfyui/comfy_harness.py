@@ -100,10 +100,12 @@ def network_forward(model, seed: int = 3):
 
     g = torch.Generator().manual_seed(seed)
     network = model.model.diffusion_model
-    latent = torch.randn(2, 16, 6, 10, generator=g)
-    context = torch.randn(2, 7, network.config.joint_attention_dim, generator=g)
+    channels = model.model.mmdit_family.latent_format.channels
+    timestep = torch.tensor([0.7, 0.3]) * model.model.mmdit_family.timestep_scale
+    latent = torch.randn(2, channels, 6, 10, generator=g)
+    context = torch.randn(2, 7, network.config.context_dim, generator=g)
     with torch.no_grad():
-        return network(latent, torch.tensor([0.7, 0.3]), context)
+        return network(latent, timestep, context)
 
 
 def streamed_layers(model) -> list:

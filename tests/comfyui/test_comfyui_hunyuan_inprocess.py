@@ -141,3 +141,14 @@ def test_odd_size_batch_and_image_to_image(pack):
     again, = nodes["MMDiTSampler"]().sample(graph["model"], graph["positive"], graph["negative"], encoded, 2,
                                             steps=4, cfg=3.25, denoise=0.5)
     assert again["samples"].shape == (3, 64, 5, 7) and torch.isfinite(again["samples"]).all()
+
+
+def test_low_vram_partial_loading_gives_the_same_result(graphs):
+    """A quarter of the network loaded, the rest streamed and cast at use (as on a small card)."""
+    from comfy_harness import network_forward, partially_loaded, streamed_layers
+
+    model = graphs["distilled"]["model"]
+    reference = network_forward(model)
+    with partially_loaded(model) as partial:
+        torch.testing.assert_close(network_forward(partial), reference, atol=1e-5, rtol=1e-5)
+        assert streamed_layers(partial)
