@@ -32,6 +32,15 @@ def _with_embedded_guidance(conditioning, scale: float):
     return [[context, {**extras, "guidance": scale}] for context, extras in conditioning]
 
 
+def official_sampling(host, model, spec):
+    """The official sampling of the model's variant: from our network's config, or for a model ComfyUI's
+    own loaders made, from what the host reads off it (else the family's first variant)."""
+    config = host.network_config(model)
+    if config is not None:
+        return spec.sampling_for(config)
+    return spec.sampling.get(host.native_variant(model), spec.default_sampling)
+
+
 def schedule(host, model, spec, scheduler: str, steps: int, latent_shape, denoise: float):
     """steps + 1 sigmas for the chosen scheduler (the last `steps` of a longer schedule when denoise < 1).
 
@@ -40,7 +49,7 @@ def schedule(host, model, spec, scheduler: str, steps: int, latent_shape, denois
     ModelSampling* nodes set (outside ComfyUI: the family's common constant shift)."""
     if scheduler == OFFICIAL_SCHEDULE:
         tokens = spec.image_tokens(latent_shape)
-        official = spec.sampling_for(host.network_config(model)).schedule
+        official = official_sampling(host, model, spec).schedule
 
         def make(n):
             return official.sigmas(n, tokens)
@@ -107,7 +116,7 @@ class MMDiTSampler:
         spec = host.model_family(model)
         if guidance not in GUIDANCE_RULES:
             raise ValueError(f"guidance {guidance!r} is not one of {', '.join(GUIDANCE_RULES)}")
-        official = spec.sampling_for(host.network_config(model))
+        official = official_sampling(host, model, spec)
         latent = latent_image["samples"]
         if latent.shape[1] != spec.latent_format.channels:
             raise ValueError(

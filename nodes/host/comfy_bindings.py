@@ -8,6 +8,7 @@ Pure data, importable without ComfyUI; nodes/host/comfyui_host.py reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 # ComfyUI's model types, by the sigma -> timestep multiplier they imply (comfy.model_sampling):
 # FLUX passes sigma itself, FLOW passes sigma * 1000.
@@ -23,11 +24,20 @@ class ComfyBinding:
     family_shift: bool = False
     # Native classes that are this family's, for ComfyUI's own loaders' models (exact class names).
     native_models: tuple[str, ...] = ()
+    # The variant of such a model, from ComfyUI's own network (None: the family's first variant).
+    native_variant: Callable[[object], str] | None = None
+
+
+def _hunyuan_native_variant(network) -> str:
+    """ComfyUI's HunyuanVideo network records its options in `params`: the distilled model embeds guidance."""
+    params = getattr(network, "params", None)
+    return "distilled" if getattr(params, "guidance_embed", False) else "base"
 
 
 BINDINGS: dict[str, ComfyBinding] = {
     "qwen_image": ComfyBinding("QwenImage", "FLUX", ("ref_latents",), native_models=("QwenImage",)),
-    "hunyuan_image": ComfyBinding("HunyuanImage21", "FLOW", family_shift=True, native_models=("HunyuanImage21",)),
+    "hunyuan_image": ComfyBinding("HunyuanImage21", "FLOW", family_shift=True, native_models=("HunyuanImage21",),
+                                  native_variant=_hunyuan_native_variant),
 }
 
 

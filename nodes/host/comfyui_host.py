@@ -325,6 +325,14 @@ class ComfyUIHost:
             f"({', '.join(s.display_name for s in FAMILIES.values())})"
         )
 
+    def native_variant(self, model) -> str | None:
+        """The variant of a model ComfyUI's own loaders made (no config of ours), if its binding can tell."""
+        base = getattr(model, "model", None)
+        for name, bound in BINDINGS.items():
+            if type(base).__name__ in bound.native_models and bound.native_variant is not None:
+                return bound.native_variant(base.diffusion_model)
+        return None
+
     def network_config(self, model):
         """Our network's config; None for a network of ComfyUI's own loaders (no config recorded)."""
         return getattr(getattr(getattr(model, "model", None), "diffusion_model", None), "config", None)

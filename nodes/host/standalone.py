@@ -189,6 +189,9 @@ class StandaloneHost:
             return model.family
         raise TypeError(f"expected a model from MMDiTModelLoader, got {type(model).__name__}")
 
+    def native_variant(self, model) -> None:
+        return None  # every model here is the pack's own (its config says the variant)
+
     def network_config(self, model):
         """The diffusion network's config (widths the inputs must match)."""
         return model.network.config

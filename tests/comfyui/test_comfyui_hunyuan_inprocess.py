@@ -152,3 +152,34 @@ def test_low_vram_partial_loading_gives_the_same_result(graphs):
     with partially_loaded(model) as partial:
         torch.testing.assert_close(network_forward(partial), reference, atol=1e-5, rtol=1e-5)
         assert streamed_layers(partial)
+
+
+def test_comfyuis_own_hunyuan_model_through_mmdit_sampler(comfy_inprocess, pack, tmp_path):
+    """A distilled HunyuanImage 2.1 loaded by ComfyUI's own loader (its HunyuanVideo network) is sampled by
+    MMDiTSampler as its variant asks (embedded guidance, MeanFlow), and gives what our network gives on the
+    same weights. ComfyUI's network fixes some widths (head 128, glyph mapper 1472 -> 2048), so this model
+    is wider than the other tiny ones."""
+    import comfy.sd
+
+    from comfyui_mmdit.model_defs.hunyuan_image.transformer import HunyuanImageConfig
+    from comfyui_mmdit.tools.tiny_models import tiny_hunyuan_dit_state_dict, write_safetensors
+    from hunyuan_layouts import in_layout
+
+    nodes, models = pack
+    config = HunyuanImageConfig(hidden_size=256, num_heads=2, depth_double=1, depth_single=1, axes_dims=(64, 64),
+                                context_dim=128, guidance_embed=True, meanflow=True)
+    state = in_layout(tiny_hunyuan_dit_state_dict(config, seed=31), "fused_original", "distilled_dit", 256)
+    write_safetensors(state, models / "diffusion_models" / "hunyuan_wide_distilled.safetensors")
+    native = comfy.sd.load_diffusion_model_state_dict(dict(state))  # (it empties the dict it is given)
+    assert type(native.model).__name__ == "HunyuanImage21"
+    ours, = nodes["MMDiTModelLoader"]().load("hunyuan_wide_distilled.safetensors")
+
+    encoder, = nodes["MMDiTTextEncoderLoader"]().load("qwen_tiny.safetensors", FAMILY, "byt5_tiny.safetensors")
+    positive, = nodes["MMDiTTextEncode"]().encode(encoder, "a quiet lake at dawn")  # no glyph text (ByT5 is 64 wide)
+    latent, = nodes["MMDiTEmptyLatent"]().generate(FAMILY, "custom (width x height)", 96, 64, 1)
+
+    def sample(model):
+        out, = nodes["MMDiTSampler"]().sample(model, positive, positive, latent, 4, steps=3, cfg=2.5)
+        return out["samples"]
+
+    torch.testing.assert_close(sample(native), sample(ours), atol=1e-4, rtol=1e-4)
