@@ -183,3 +183,29 @@ def test_comfyuis_own_hunyuan_model_through_mmdit_sampler(comfy_inprocess, pack,
         return out["samples"]
 
     torch.testing.assert_close(sample(native), sample(ours), atol=1e-4, rtol=1e-4)
+
+
+def test_core_lora_loader_on_the_hunyuan_model(comfy_inprocess, pack, graphs, tmp_path):
+    """A LoRA in ComfyUI's key format (diffusion_model.<our names>) on both block kinds patches the MODEL
+    through LoraLoaderModelOnly, and changes the result."""
+    from safetensors.torch import save_file
+
+    nodes, _ = pack
+    graph = graphs["distilled"]
+    network = graph["model"].model.diffusion_model
+    generator = torch.Generator().manual_seed(9)
+    lora = {}
+    for layer in ("double_blocks.0.img_attn.qkv", "double_blocks.1.txt_mlp.0", "single_blocks.0.linear1"):
+        module = network.get_submodule(layer)
+        lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(4, module.in_features, generator=generator) * 0.3
+        lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) * 0.3
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    save_file(lora, str(loras / "hunyuan_detail.safetensors"))
+    comfy_inprocess.folder_paths.add_model_folder_path("loras", str(loras), is_default=True)
+
+    patched, = comfy_inprocess.nodes.LoraLoaderModelOnly().load_lora_model_only(graph["model"], "hunyuan_detail.safetensors", 1.0)
+    assert len(patched.patches) == 3
+    before = _sample(nodes, graph, steps=2, cfg=3.25)
+    after = _sample(nodes, {**graph, "model": patched}, steps=2, cfg=3.25)
+    assert torch.isfinite(after).all() and (after - before).abs().max() > 1e-3
