@@ -1,0 +1,45 @@
+"""Qwen-Image-Edit's image sizes: the official rescale of each reference image, or the image's own size.
+
+The official pipelines (diffusers' QwenImageEditPipeline / QwenImageEditPlusPipeline, the same numbers as
+the official release) resize every input to a fixed area at its own aspect ratio, sides rounded to
+multiples of 32 with Python's round (ties to even):
+- the VAE path (the reference latents, and the output size unless given): about 1 megapixel (1024 x 1024);
+- the vision path (Qwen2.5-VL reading the image): the same image for Edit, 384 x 384 for Edit-2509/2511.
+Rescaling a 3000x2000 photo to 1 MP and back is where the zoom and shift users see come from; the
+"native" policy keeps the image's own pixels instead, cropped (centred) to whole latent cells.
+"""
+
+from __future__ import annotations
+
+import math
+
+VAE_AREA = 1024 * 1024
+CONDITION_AREA_PLUS = 384 * 384  # Edit-2509 / 2511's vision path
+SIDE_MULTIPLE = 32
+
+
+def area_size(width: int, height: int, area: int) -> tuple[int, int]:
+    """(width, height) of about `area` pixels at the aspect ratio width / height, sides multiples of 32
+    (as the official pipelines compute them)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"an image of {width}x{height} pixels has no aspect ratio")
+    ratio = width / height
+    new_width = math.sqrt(area * ratio)
+    new_height = new_width / ratio
+    return round(new_width / SIDE_MULTIPLE) * SIDE_MULTIPLE, round(new_height / SIDE_MULTIPLE) * SIDE_MULTIPLE
+
+
+def native_size(width: int, height: int, cell: int) -> tuple[int, int]:
+    """The image's own size cut down to whole cells of `cell` pixels (16 for Qwen-Image: 8x VAE, 2x2
+    patches); the cut is centred, so no pixel moves."""
+    size = (width // cell * cell, height // cell * cell)
+    if min(size) < cell:
+        raise ValueError(f"an image of {width}x{height} pixels is smaller than one latent cell ({cell}x{cell} "
+                         f"pixels): it cannot be a reference image")
+    return size
+
+
+def centre_crop_box(width: int, height: int, new_width: int, new_height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred new_width x new_height window."""
+    left, top = (width - new_width) // 2, (height - new_height) // 2
+    return left, top, left + new_width, top + new_height
