@@ -92,7 +92,7 @@ def run(args) -> int:
     roots = [models]
     if demo:
         roots.append(_write_stand_ins(workflow, node_classes, plan, demo_dir))
-    set_host(StandaloneHost(models_dir=roots, device=device))
+    set_host(StandaloneHost(models_dir=roots, device=device, input_dir=args.input))
     _check(workflow, node_classes, plan, demo, models, args.workflow)
 
     if demo:
@@ -241,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--models", default=os.environ.get("MMDIT_MODELS_DIR", str(ROOT / "models")),
                             help="a ComfyUI-style models folder (diffusion_models/, text_encoders/, vae/)")
     run_parser.add_argument("--output", default="output", help="where images are written")
+    run_parser.add_argument("--input", default="input",
+                            help="where LoadImage nodes find their images (ComfyUI's input/ folder; default input/)")
     run_parser.add_argument("--device", default=None,
                             help="cpu, cuda, cuda:N or mps (default: MMDIT_DEVICE, else cuda if available, else cpu)")
     run_parser.add_argument("--demo", action="store_true",

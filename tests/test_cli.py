@@ -429,3 +429,53 @@ def test_validate_inputs_refuses_a_name_the_folder_does_not_list(tmp_path, model
     assert "is not in the diffusion_models models folder, which holds no model files" in \
         NODES["MMDiTModelLoader"].VALIDATE_INPUTS("x.safetensors")
     assert NODES["MMDiTModelLoader"].VALIDATE_INPUTS(None) is True  # a linked name is checked when it runs
+
+
+def _image_to_image(workflow):
+    """LoadImage -> MMDiTVAEEncode -> the sampler at denoise 0.6, instead of the empty latent."""
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png"}}
+    workflow["11"] = {"class_type": "MMDiTVAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["7", 0], "tiling": "auto",
+                                                            "tile_size": 512, "tile_overlap": 128}}
+    workflow["6"]["inputs"].update(latent_image=["11", 0], denoise=0.6)
+    del workflow["5"]
+
+
+def test_a_run_reads_images_from_the_input_folder(tmp_path, capsys, model_set):
+    """Image-to-image headless: LoadImage reads --input as ComfyUI reads input/ (RGBA -> RGB + mask, EXIF
+    orientation), and the output keeps the input's size."""
+    from PIL import Image
+
+    models = models_with(tmp_path, model_set, DIT, TEXT_ENCODER, VAE)
+    inputs = tmp_path / "pictures"
+    inputs.mkdir()
+    Image.new("RGBA", (80, 48), (200, 30, 30, 128)).save(inputs / "photo.png")
+    code = cli.main(["run", str(workflow_file(tmp_path, _image_to_image)), "--models", str(models),
+                     "--input", str(inputs), "--output", str(tmp_path / "out"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (png,) = (tmp_path / "out" / "MMDiT").glob("qwen_image_*.png")
+    assert Image.open(png).size == (80, 48)
+
+    code = cli.main(["run", str(workflow_file(tmp_path, _image_to_image)), "--models", str(models),
+                     "--input", str(tmp_path / "empty"), "--device", "cpu"])
+    refused(code, capsys.readouterr().err, "node 10 (LoadImage): input 'image': \"photo.png\" is not one of the choices")
+
+
+def test_load_image_is_comfyuis(tmp_path):
+    from PIL import Image
+
+    from comfyui_mmdit.nodes.host.workflow_runner import CoreLoadImage
+
+    Image.new("RGBA", (6, 4), (255, 0, 0, 64)).save(tmp_path / "a.png")
+    Image.new("L", (5, 3), 128).save(tmp_path / "grey.png")
+    set_host(StandaloneHost(models_dir=tmp_path, device="cpu", input_dir=tmp_path))
+    try:
+        assert CoreLoadImage.INPUT_TYPES()["required"]["image"][0] == ["a.png", "grey.png"]
+        image, mask = CoreLoadImage().load("a.png")
+        assert image.shape == (1, 4, 6, 3) and torch.allclose(image[0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+        assert mask.shape == (1, 4, 6) and torch.allclose(mask, torch.full_like(mask, 1 - 64 / 255))
+        image, mask = CoreLoadImage().load("grey.png")  # grey scale: three equal channels, no transparency
+        assert image.shape == (1, 3, 5, 3) and torch.allclose(image, torch.full_like(image, 128 / 255))
+        assert mask.shape == (1, 64, 64) and not mask.any()
+    finally:
+        set_host(None)

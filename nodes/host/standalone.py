@@ -29,6 +29,7 @@ FOLDERS = {
 }
 WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SAMPLERS = ("euler",)
 SCHEDULERS = ("simple",)
 
@@ -91,13 +92,22 @@ def _check_cuda(requested: str, index: int | None) -> None:
 class StandaloneHost:
     name = "standalone"
 
-    def __init__(self, models_dir=None, device=None):
+    def __init__(self, models_dir=None, device=None, input_dir=None):
         """models_dir: a models folder, or a list of them searched in order (default: MMDIT_MODELS_DIR or
-        ./models); device: as resolve_device takes it."""
+        ./models); device: as resolve_device takes it; input_dir: where LoadImage finds images (as
+        ComfyUI's input/ folder; default ./input)."""
         roots = models_dir if isinstance(models_dir, (list, tuple)) else [models_dir]
         self.models_dirs = [Path(root or os.environ.get("MMDIT_MODELS_DIR", "models")) for root in roots]
         self.models_dir = self.models_dirs[0]
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.input_dir = Path(input_dir or "input")
+
+    def input_files(self) -> list[str]:
+        """Image files in the input folder (names relative to it), as ComfyUI's LoadImage lists them."""
+        if not self.input_dir.is_dir():
+            return []
+        return sorted(p.relative_to(self.input_dir).as_posix() for p in self.input_dir.rglob("*")
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
     # --- files -------------------------------------------------------------------------------------
     def folder_files(self, kind: str) -> list[str]:

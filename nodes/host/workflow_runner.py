@@ -3,8 +3,9 @@
 API format: {node_id: {"class_type": ..., "inputs": {name: value | [source_id, output_index]}}}. The whole
 workflow is checked first (workflow_check: types, links, values, and every loader's model file), so a bad
 input is reported before anything runs. Nodes then run once each, in dependency order. Besides the
-pack's nodes, the two core output nodes the shipped workflows end in (SaveImage, PreviewImage) are
-provided here: they write PNG files.
+pack's nodes, three core nodes are provided here: the output nodes the shipped workflows end in
+(SaveImage, PreviewImage: they write PNG files) and LoadImage (images from the host's input folder, as
+ComfyUI loads them).
 """
 
 from __future__ import annotations
@@ -58,7 +59,53 @@ class CorePreviewImage(CoreSaveImage):
         return {"required": {"images": ("IMAGE",)}}
 
 
-CORE_NODES = {"SaveImage": CoreSaveImage, "PreviewImage": CorePreviewImage}
+class CoreLoadImage:
+    """ComfyUI's LoadImage: an image from the input folder as IMAGE [1, H, W, 3] (RGB, 0..1) and MASK (1 where
+    the image is transparent; a 64x64 zero mask when it has no alpha). Orientation from EXIF is applied and
+    frames of an animated file of the first frame's size are stacked, as ComfyUI does."""
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from . import get_host
+
+        files = get_host().input_files() or ["(no images in the input folder)"]
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    def load(self, image: str):
+        from PIL import Image, ImageOps, ImageSequence
+
+        from . import get_host
+
+        path = get_host().input_dir / image
+        images, masks = [], []
+        with Image.open(path) as source:
+            for frame in ImageSequence.Iterator(source):
+                frame = ImageOps.exif_transpose(frame)
+                if frame.mode == "I":  # 16-bit greyscale
+                    frame = frame.point(lambda value: value * (1 / 255))
+                rgb = frame.convert("RGB")
+                if images and rgb.size != (images[0].shape[1], images[0].shape[0]):
+                    continue
+                images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0))
+                masks.append(_transparency(frame))
+        return torch.stack(images), torch.stack(masks)
+
+
+def _transparency(frame) -> torch.Tensor:
+    if "A" in frame.getbands():
+        alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
+    elif frame.mode == "P" and "transparency" in frame.info:
+        alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
+    else:
+        return torch.zeros((64, 64), dtype=torch.float32)
+    return 1.0 - torch.from_numpy(alpha)
+
+
+CORE_NODES = {"SaveImage": CoreSaveImage, "PreviewImage": CorePreviewImage, "LoadImage": CoreLoadImage}
+OUTPUT_NODES = ("SaveImage", "PreviewImage")
 
 
 class NodeError(ValueError):
@@ -113,8 +160,8 @@ def run_workflow(workflow: dict, node_classes: dict, output_dir, source: str = "
 
 
 def _run_node(class_type: str, inputs: dict, node_classes: dict, saver: SaveImage) -> tuple:
-    if class_type in CORE_NODES:
+    if class_type in OUTPUT_NODES:
         saver.save(inputs["images"], inputs.get("filename_prefix", class_type))
         return ()
-    cls = node_classes[class_type]
+    cls = node_classes.get(class_type) or CORE_NODES[class_type]
     return getattr(cls(), cls.FUNCTION)(**inputs)
