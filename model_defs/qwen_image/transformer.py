@@ -372,7 +372,8 @@ class QwenImageTransformer(torch.nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
         return x, (height, width)
 
-    def _reference_tokens(self, ref_latents, method: str, batch: int, dtype) -> tuple[list[torch.Tensor], list[ImageInput]]:
+    def _reference_tokens(self, ref_latents, method: str, batch: int,
+                          dtype) -> tuple[list[torch.Tensor], list[ImageInput]]:
         """Each reference latent packed into tokens [B, n_k, in_channels], and its place in MSRoPE."""
         grids, sizes = [], []
         for k, ref in enumerate(ref_latents, start=1):
