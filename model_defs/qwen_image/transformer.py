@@ -7,6 +7,11 @@ modulation) and meet in one joint attention, text first.
 MSRoPE: image tokens get (frame, row, column) positions with rows and columns centred on zero, so the
 layout is resolution-agnostic; text tokens sit on the diagonal (p, p, p) starting just past the largest
 image half-extent, so they never collide with image positions.
+
+Qwen-Image-Edit (Edit, 2509, 2511): reference latents are packed like the noisy latent and appended after
+its tokens as more images (frame 1, 2, ...; see edit.py for the placement rules); only the noisy image's
+tokens come out. For 2511 (`zero_cond_t`) the reference tokens are modulated with the timestep-zero
+embedding.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..dit.hooks import BlockHooks, run_double_blocks
 from ..embeddings import TimestepMLP, sinusoidal_embedding
 from ..rope import RotaryTable, apply_rope, rope_angles
 from . import family
+from .edit import ZERO_COND_MARKER, reference_placements, resolve_method
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class QwenImageConfig:
     joint_attention_dim: int = 3584
     axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
     rope_theta: float = 10000.0
+    # Edit-2511: reference tokens are modulated at timestep zero by default (diffusers' `zero_cond_t`,
+    # ComfyUI's default reference method "index_timestep_zero"). Read from the file's marker tensor.
+    zero_cond_t: bool = False
 
     @property
     def inner_dim(self) -> int:
@@ -66,17 +75,21 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> QwenImageConfig:
         num_attention_heads=inner // head_dim,
         joint_attention_dim=shapes["txt_in.weight"][1],
         axes_dims_rope=(frame_dim, spatial_dim, spatial_dim),
+        zero_cond_t=ZERO_COND_MARKER in shapes,
     )
 
 
 @dataclass
 class ImageInput:
-    """One image's tokens in the joint sequence: its latent grid (in patches) and MSRoPE frame index."""
+    """One image's tokens in the joint sequence: its latent grid (in patches), MSRoPE frame index, and an
+    offset (in patches) of its centred rows and columns (ComfyUI's "offset" reference placement only)."""
 
     frame: int
     height: int
     width: int
     frames: int = 1
+    h_offset: int = 0
+    w_offset: int = 0
 
     @property
     def tokens(self) -> int:
@@ -93,8 +106,8 @@ def msrope_positions(images: list[ImageInput], text_tokens: int, device=None) ->
     image_positions = []
     for image in images:
         f = torch.arange(image.frames, device=device) + image.frame
-        h = _centred(image.height, device)
-        w = _centred(image.width, device)
+        h = _centred(image.height, device) + image.h_offset
+        w = _centred(image.width, device) + image.w_offset
         grid = torch.stack(torch.meshgrid(f, h, w, indexing="ij"), dim=-1)
         image_positions.append(grid.reshape(-1, 3))
     text_start = max(max(image.height // 2, image.width // 2) for image in images)
@@ -182,8 +195,22 @@ class JointAttention(torch.nn.Module):
         return self.to_out[0](joint[:, text_tokens:]), self.to_add_out(joint[:, :text_tokens])
 
 
-def _modulate(x, shift, scale):
-    return x * (1 + scale[:, None]) + shift[:, None]
+def _modulate(x, shift, scale, zero_from=None):
+    """x * (1 + scale) + shift; with zero_from, shift and scale are [2B, D] (timesteps t, then 0) and tokens
+    from zero_from on take the second half (reference tokens at timestep zero, Edit-2511)."""
+    if zero_from is None:
+        return x * (1 + scale[:, None]) + shift[:, None]
+    b = x.shape[0]
+    return torch.cat((_modulate(x[:, :zero_from], shift[:b], scale[:b]),
+                      _modulate(x[:, zero_from:], shift[b:], scale[b:])), dim=1)
+
+
+def _gated(gate, x, zero_from=None):
+    """gate * x, split at zero_from as in _modulate."""
+    if zero_from is None:
+        return gate[:, None] * x
+    b = x.shape[0]
+    return torch.cat((gate[:b, None] * x[:, :zero_from], gate[b:, None] * x[:, zero_from:]), dim=1)
 
 
 class QwenImageBlock(torch.nn.Module):
@@ -206,20 +233,25 @@ class QwenImageBlock(torch.nn.Module):
     def _norm(self, x):
         return F.layer_norm(x, (self.dim,), eps=1e-6)
 
-    def forward(self, img, txt, temb, rope: JointRope, text_mask=None):
+    def forward(self, img, txt, temb, rope: JointRope, text_mask=None, zero_from: int | None = None):
+        """zero_from: None, or the first image token modulated at timestep zero; temb is then [2B, D], the
+        embeddings of t and of 0 (text tokens take t)."""
         img_shift1, img_scale1, img_gate1, img_shift2, img_scale2, img_gate2 = self.img_mod(temb).chunk(6, dim=-1)
+        if zero_from is not None:
+            temb = temb[: img.shape[0]]
         txt_shift1, txt_scale1, txt_gate1, txt_shift2, txt_scale2, txt_gate2 = self.txt_mod(temb).chunk(6, dim=-1)
 
         img_attn, txt_attn = self.attn(
-            _modulate(self._norm(img), img_shift1, img_scale1),
+            _modulate(self._norm(img), img_shift1, img_scale1, zero_from),
             _modulate(self._norm(txt), txt_shift1, txt_scale1),
             rope,
             text_mask,
         )
-        img = img + img_gate1[:, None] * img_attn
+        img = img + _gated(img_gate1, img_attn, zero_from)
         txt = txt + txt_gate1[:, None] * txt_attn
 
-        img = img + img_gate2[:, None] * self.img_mlp(_modulate(self._norm(img), img_shift2, img_scale2))
+        img_mlp = self.img_mlp(_modulate(self._norm(img), img_shift2, img_scale2, zero_from))
+        img = img + _gated(img_gate2, img_mlp, zero_from)
         txt = txt + txt_gate2[:, None] * self.txt_mlp(_modulate(self._norm(txt), txt_shift2, txt_scale2))
 
         if img.dtype == torch.float16:  # fp16 overflows in the deep blocks without this clamp
@@ -275,7 +307,12 @@ class QwenImageTransformer(torch.nn.Module):
     timestep:  [B] sigma in [0, 1]
     context:   [B, L, joint_attention_dim] text hidden states
     attention_mask: optional [B, L], nonzero for real tokens
-    returns the flow velocity (noise - data) in x's shape.
+    ref_latents: optional list of reference latents (Qwen-Image-Edit), each [B or 1, C, h, w] or
+               [B or 1, C, 1, h, w], normalised like x, sizes free (each its own); ComfyUI's keyword
+    ref_latents_method: optional, ComfyUI's keyword: "index" (the official placement), "index_timestep_zero"
+               (Edit-2511), "negative_index", "offset"/"uxo" (see edit.py); None = the model's default,
+               "index_timestep_zero" when config.zero_cond_t, else "index"
+    returns the flow velocity (noise - data) in x's shape (the noisy image's tokens only).
     """
 
     def __init__(self, config: QwenImageConfig, operations, dtype=None, device=None, attention_backend="auto"):
@@ -293,8 +330,16 @@ class QwenImageTransformer(torch.nn.Module):
         self.norm_out = OutputNorm(dim, operations, dtype, device)
         patch_features = config.patch_size * config.patch_size * config.out_channels
         self.proj_out = operations.Linear(dim, patch_features, bias=True, dtype=dtype, device=device)
+        if config.zero_cond_t:
+            # The 2511 marker, as ComfyUI's network registers it: an empty persistent buffer, so that the
+            # state dict equals the file's (a marked file loads with no unexpected tensor, an unmarked one
+            # with none missing) and a saved state dict keeps the marker.
+            self.register_buffer(ZERO_COND_MARKER, torch.empty(0, device=device))
+        # What the forward does when the caller names no reference method; a caller may change it (for
+        # example from a diffusers transformer/config.json with "zero_cond_t": true, or a user's choice)
+        # without touching the state dict.
+        self.zero_cond_t = config.zero_cond_t
         self.set_attention_backend(attention_backend)
-
     def set_attention_backend(self, backend: str) -> None:
         resolved = resolve_backend(backend)
         for block in self.transformer_blocks:
@@ -327,12 +372,38 @@ class QwenImageTransformer(torch.nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
         return x, (height, width)
 
+    def _reference_tokens(self, ref_latents, method: str, batch: int,
+                          dtype) -> tuple[list[torch.Tensor], list[ImageInput]]:
+        """Each reference latent packed into tokens [B, n_k, in_channels], and its place in MSRoPE."""
+        grids, sizes = [], []
+        for k, ref in enumerate(ref_latents, start=1):
+            if not isinstance(ref, torch.Tensor):
+                raise ValueError(f"reference latent {k} is a {type(ref).__name__}, not a tensor")
+            try:
+                grid, size = self._to_grid(ref)
+            except ValueError as error:
+                raise ValueError(f"reference latent {k}: {error}") from None
+            if grid.shape[0] != batch:
+                if grid.shape[0] != 1:
+                    raise ValueError(f"reference latent {k} has batch {grid.shape[0]}; the latent has {batch}")
+                grid = grid.expand(batch, -1, -1, -1)
+            grids.append(grid)
+            sizes.append(size)
+        p = self.config.patch_size
+        places = reference_placements(sizes, method, p)
+        tokens = [pack_latent(grid.to(dtype), p) for grid in grids]
+        images = [ImageInput(frame=place.frame, height=place.height, width=place.width,
+                             h_offset=place.h_offset, w_offset=place.w_offset) for place in places]
+        return tokens, images
+
     def forward(
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
         context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        ref_latents: Sequence[torch.Tensor] | None = None,
+        ref_latents_method: str | None = None,
         transformer_options: dict | None = None,
         control: dict | None = None,
         **kwargs,
@@ -355,23 +426,44 @@ class QwenImageTransformer(torch.nn.Module):
                 attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
 
         dtype = grid.dtype
-        img = self.img_in(pack_latent(grid, p))
+        packed = pack_latent(grid, p)
+        image_tokens = packed.shape[1]
+        zero_from = None
+        if ref_latents:
+            placement, timestep_zero = resolve_method(ref_latents_method, self.zero_cond_t)
+            ref_tokens, ref_images = self._reference_tokens(ref_latents, placement, batch, dtype)
+            packed = torch.cat([packed, *ref_tokens], dim=1)
+            images += ref_images
+            if timestep_zero:
+                # The network's forward sees timesteps [t, 0]: image tokens take t, reference tokens 0.
+                timestep = torch.cat([timestep, timestep * 0])
+                zero_from = image_tokens
+        elif ref_latents_method is not None:
+            resolve_method(ref_latents_method, self.zero_cond_t)  # a misspelt name fails with or without refs
+
+        img = self.img_in(packed)
         txt = self.txt_in(self.txt_norm(context.to(dtype)))
         temb = self.time_text_embed(timestep, dtype)
         text_mask = normalize_key_mask(attention_mask, batch, txt.shape[1])
         rope = self._rope(images, txt.shape[1], img.device)
 
-        img = self._run_blocks(img, txt, temb, rope, text_mask, transformer_options, control, grid)
+        img = self._run_blocks(img, txt, temb, rope, text_mask, transformer_options, control, grid, zero_from)
 
+        if img.shape[1] != image_tokens:
+            img = img[:, :image_tokens]
+        if zero_from is not None:
+            temb = temb[:batch]
         out = self.proj_out(self.norm_out(img, temb))
         out = unpack_tokens(out, grid.shape[-2], grid.shape[-1], p)[:, :, :height, :width]
         return out.unsqueeze(2) if len(input_shape) == 5 else out
 
-    def _run_blocks(self, img, txt, temb, rope, text_mask, transformer_options, control, grid):
+    def _run_blocks(self, img, txt, temb, rope, text_mask, transformer_options, control, grid, zero_from=None):
         """The block loop, honouring ComfyUI-style hooks (see dit/hooks.py); replacements get ComfyUI's
-        Qwen-Image args {"img", "txt", "vec", "pe", "transformer_options"}."""
+        Qwen-Image args {"img", "txt", "vec", "pe", "transformer_options"}. As in ComfyUI, "img" holds the
+        reference tokens too (after the image's), and under timestep-zero modulation "vec" is the [2B, D]
+        embedding of [t, 0]."""
         def call_block(block, img, txt, args):
-            return block(img, txt, args["vec"], args["pe"], text_mask)
+            return block(img, txt, args["vec"], args["pe"], text_mask, zero_from)
 
         hooks = BlockHooks(transformer_options, control)
         img, _ = run_double_blocks(self.transformer_blocks, img, txt, {"vec": temb, "pe": rope}, call_block,
