@@ -176,3 +176,69 @@ def test_features_match_transformers_get_image_features(official_processor, refe
     got = vision.encode_images(ours, inputs["pixel_values"], inputs["image_grid_thw"])
     torch.testing.assert_close(got, expected, atol=FEATURE_ATOL, rtol=0)
     print("max abs feature difference", (got - expected).abs().max().item())
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def comfyui_file(tmp_path_factory, tiny_weights):
+    """A tiny qwen_2.5_vl file as ComfyUI stores it: model.* (language model), visual.*, lm_head.*."""
+    from comfyui_mmdit.tools.tiny_models import tiny_qwen_text_state_dict, write_safetensors
+    text = tiny_qwen_text_state_dict(vocab_size=300, seed=1)
+    return write_safetensors({**text, **tiny_weights}, tmp_path_factory.mktemp("te") / "qwen_2.5_vl_tiny.safetensors")
+
+
+def _features(model, images=None):
+    pixel_values, grid = processor.preprocess(images if images is not None else [smooth_image(112, 196, 21)])
+    return vision.encode_images(model, pixel_values, grid)
+
+
+@torch.no_grad()
+def test_load_from_comfyui_file_hf_folder_and_fp8(comfyui_file, ours, reference_model, tmp_path):
+    from safetensors.torch import load_file
+    from comfyui_mmdit.loaders.text_encoder import load_vision_tower
+    from comfyui_mmdit.tools.tiny_models import write_safetensors
+
+    expected = _features(ours)
+    loaded = load_vision_tower(comfyui_file)
+    assert loaded.config == tiny_qwen_vision_config()
+    assert torch.equal(_features(loaded.model), expected)
+
+    folder = tmp_path / "text_encoder"  # what save_pretrained writes (transformers' checkpoint names)
+    reference_model.save_pretrained(folder)
+    assert any("visual." in k for k in load_file(str(next(folder.glob("*.safetensors")))))
+    torch.testing.assert_close(_features(load_vision_tower(folder).model), expected, atol=0, rtol=0)
+    v5 = write_safetensors(reference_model.state_dict(), tmp_path / "v5" / "model.safetensors")  # model.visual.*
+    assert any(k.startswith("model.visual.") for k in load_file(str(v5)))
+    torch.testing.assert_close(_features(load_vision_tower(v5).model), expected, atol=0, rtol=0)
+
+    # FP8, every tensor plainly cast (as *_fp8_e4m3fn files are): equals fp32 weights holding those values
+    state = load_file(str(comfyui_file))
+    fp8 = write_safetensors({k: v.to(torch.float8_e4m3fn) for k, v in state.items()}, tmp_path / "fp8.safetensors")
+    as_fp32 = write_safetensors({k: v.to(torch.float8_e4m3fn).float() for k, v in state.items()}, tmp_path / "fp32.safetensors")
+    exact = _features(load_vision_tower(as_fp32).model)
+    kept = load_vision_tower(fp8)  # weights stay FP8, cast per layer
+    assert kept.model.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn
+    torch.testing.assert_close(_features(kept.model), exact, atol=FEATURE_ATOL, rtol=0)
+    cast = load_vision_tower(fp8, dtype=torch.float32)
+    torch.testing.assert_close(_features(cast.model), exact, atol=FEATURE_ATOL, rtol=0)
+
+
+def test_text_only_file_is_refused_for_vision(tmp_path):
+    from comfyui_mmdit.loaders.errors import ModelFileError
+    from comfyui_mmdit.loaders.text_encoder import load_vision_tower
+    from comfyui_mmdit.tools.tiny_models import tiny_qwen_text_state_dict, write_safetensors
+
+    path = write_safetensors(tiny_qwen_text_state_dict(vocab_size=300), tmp_path / "text_only.safetensors")
+    with pytest.raises(ModelFileError, match="no vision tower.*Qwen-Image-Edit needs"):
+        load_vision_tower(path)
+
+
+def test_damaged_vision_tower_is_refused(tmp_path, tiny_weights):
+    from comfyui_mmdit.loaders.errors import ModelFileError
+    from comfyui_mmdit.loaders.text_encoder import load_vision_tower
+    from comfyui_mmdit.tools.tiny_models import tiny_qwen_text_state_dict, write_safetensors
+
+    damaged = {k: v for k, v in tiny_weights.items() if k != "visual.blocks.3.mlp.up_proj.weight"}
+    path = write_safetensors({**tiny_qwen_text_state_dict(vocab_size=300), **damaged}, tmp_path / "damaged.safetensors")
+    with pytest.raises(ModelFileError, match="1 tensors are missing"):
+        load_vision_tower(path)
