@@ -11,6 +11,11 @@ Kinds (each file's is detected from its tensors, loaders/detection.py, and repor
   encoder.embed_tokens.weight is skipped, decoder tensors of a full T5 are left on disk), or a GGUF in
   llama.cpp's T5 names (token_embd, enc.blk.N.attn_q, ..., as ComfyUI-GGUF maps them) or in the ComfyUI names.
 
+Vision tower (Qwen-Image-Edit's image prompts): `load_vision_tower(path)` reads the `visual.*` tensors of the
+same Qwen2.5-VL file (ComfyUI single file, FP8 too) or folder (transformers' `model.visual.*`); loading the
+text encoder never touches them. A llama.cpp GGUF holds no vision tower (llama.cpp keeps it in a separate
+`mmproj` file, not read yet).
+
 `read_text_encoder(path)` does everything that can fail on a bad file, without allocating a weight: it
 opens the file, reads the configuration from the shapes, checks every tensor against a build on the meta
 device, finds and loads the tokenizer and checks that the embedding covers the tokenizer's vocabulary.
@@ -29,7 +34,7 @@ from typing import Callable
 import torch
 
 from ..model_defs.ops import StandaloneOps
-from ..model_defs.text_encoders import byt5, qwen25vl
+from ..model_defs.text_encoders import byt5, qwen25vl, qwen25vl_vision
 from ..model_defs.text_encoders.base import TextEncoderSpec
 from .assign import assign_state_dict, check_shapes, module_shapes
 from .checkpoints import Checkpoint, open_checkpoint
@@ -231,3 +236,97 @@ def load_text_encoder(path, tokenizer_path=None, tokenizer_search=(), dtype: tor
     checked = read_text_encoder(path, tokenizer_path=tokenizer_path, tokenizer_search=tokenizer_search,
                                 tokenizer_places=tokenizer_places, kinds=kinds)
     return build_text_encoder(checked, dtype=dtype, device=device, operations=operations)
+
+
+# --- the vision tower -----------------------------------------------------------------------------------------
+@dataclass
+class VisionTowerFile:
+    """The vision tower in a Qwen2.5-VL file, checked against a meta build (nothing loaded yet)."""
+
+    checkpoint: Checkpoint
+    names: dict[str, str]  # {key in the file: tower name}
+    config: qwen25vl_vision.QwenVisionConfig
+
+    @property
+    def description(self) -> str:
+        c = self.config
+        return (f"Qwen2.5-VL vision tower ({c.depth} blocks, width {c.hidden_size}, "
+                f"output {c.out_hidden_size})")
+
+
+@dataclass
+class LoadedVisionTower:
+    model: torch.nn.Module
+    config: qwen25vl_vision.QwenVisionConfig
+    path: str
+    description: str
+
+
+VISION_MARKER = "visual.patch_embed.proj.weight"
+
+
+def vision_tower_names(checkpoint: Checkpoint) -> dict[str, str]:
+    """{file key: tower name} for the vision tower's tensors, wherever the file puts them (`visual.*`,
+    transformers 5's `model.visual.*`, a full checkpoint's `<prefix>visual.*`): found by its patch embedding."""
+    markers = sorted(k for k in checkpoint.keys() if k == VISION_MARKER or k.endswith("." + VISION_MARKER))
+    if not markers:
+        return {}
+    prefix = markers[0][:-len("patch_embed.proj.weight")]
+    return {key: key[len(prefix):] for key in checkpoint.keys() if key.startswith(prefix)}
+
+
+def read_vision_tower(path) -> VisionTowerFile:
+    """Open the Qwen2.5-VL text-encoder file (or folder) `path` and check its vision tower; ModelFileError
+    for a file of another kind or one without a vision tower."""
+    checkpoint = open_checkpoint(_weights_location(Path(path)))
+    identity = find_component(checkpoint, TEXT_ENCODER, families=("qwen25_vl",))
+    names = vision_tower_names(checkpoint)
+    if not names:
+        gguf = identity.layout == llama_cpp.LLAMA_CPP.name
+        raise ModelFileError(
+            checkpoint.path, "has no vision tower: this text encoder file holds only the language model, and "
+            "Qwen-Image-Edit needs the vision tower to read its reference images",
+            found=f"a {identity.description} without visual.* tensors",
+            expected="the full Qwen2.5-VL file (qwen_2.5_vl_7b*.safetensors, also FP8) or a Hugging Face folder",
+            hint=("A llama.cpp GGUF keeps the vision tower in a separate mmproj file, which this pack does not read "
+                  "yet: use the safetensors text encoder for editing." if gguf else
+                  "Use the complete qwen_2.5_vl_7b text encoder (it holds model.* and visual.* tensors)."),
+        )
+    shapes = {name: tuple(checkpoint.shape(key)) for key, name in names.items()}
+    try:
+        config = qwen25vl_vision.config_from_shapes(shapes)
+    except (KeyError, ValueError, IndexError) as e:
+        raise ModelFileError(checkpoint.path, "has visual.* tensors, but the vision tower's configuration cannot "
+                             "be read from them", found=f"{type(e).__name__}: {e}") from None
+    checked = VisionTowerFile(checkpoint, names, config)
+    check_shapes(checkpoint.path, checked.description, shapes,
+                 module_shapes(qwen25vl_vision.build_vision_model(config)))
+    return checked
+
+
+def _vision_tensor(tensor: torch.Tensor, name: str, dtype) -> torch.Tensor:
+    """Plain FP8 norm weights (torch has no fp8 arithmetic; transformers' RMSNorm multiplies by its weight)
+    become fp32 when no weight dtype was asked for; everything else as stored (layers cast at use)."""
+    fp8 = tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    if dtype is None and fp8 and tensor.ndim == 1 and not name.endswith(".bias"):  # norm1, norm2, merger.ln_q
+        return tensor.to(torch.float32)
+    return tensor
+
+
+def build_vision_tower(checked: VisionTowerFile, dtype: torch.dtype | None = None, device="cpu",
+                       operations=None) -> LoadedVisionTower:
+    """The tower with the checked file's tensors assigned (dtype: weight dtype, None keeps the stored one)."""
+    checkpoint = checked.checkpoint
+    state_dict = {name: _vision_tensor(checkpoint.tensor(key), name, dtype) for key, name in checked.names.items()}
+    operations = operations or StandaloneOps
+    if holds_quantized(state_dict):
+        operations = quantized_ops(operations)
+    model = qwen25vl_vision.build_vision_model(checked.config, operations, dtype=dtype)
+    assign_state_dict(model, state_dict, checkpoint.path, checked.description, dtype=dtype, device=device)
+    model.rotary_pos_emb.to(device)
+    return LoadedVisionTower(model, checked.config, str(checkpoint.path), checked.description)
+
+
+def load_vision_tower(path, dtype: torch.dtype | None = None, device="cpu", operations=None) -> LoadedVisionTower:
+    """read_vision_tower + build_vision_tower: the vision tower of the Qwen2.5-VL file or folder `path`."""
+    return build_vision_tower(read_vision_tower(path), dtype=dtype, device=device, operations=operations)

@@ -165,3 +165,20 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
         # 4 layers: HunyuanImage 2.1 reads the third-from-last hidden state, a layer's output.
         return write_safetensors(tiny_qwen_text_state_dict(vocab, layers=4), target, dtype=torch.bfloat16)
     raise ValueError(f"no tiny stand-in for models/{folder}")
+
+
+# Qwen2.5-VL's vision tower at a small width: two 80-dim heads (the published head size, which the loader
+# assumes), 8 blocks so that windowed attention (blocks 0-6) and full attention (block 7, the published
+# every-eighth rule) both run, merged tokens 128 wide (the tiny language model's width).
+def tiny_qwen_vision_config():
+    from ..model_defs.text_encoders.qwen25vl_vision import QwenVisionConfig
+    return QwenVisionConfig(hidden_size=160, depth=8, intermediate_size=128,
+                            out_hidden_size=TINY_QWEN_DIT.joint_attention_dim)
+
+
+def tiny_qwen_vision_state_dict(config=None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI single-file names (visual.patch_embed, visual.blocks.N, visual.merger) of a tiny
+    Qwen2.5-VL vision tower, seeded random values (to be stored beside tiny_qwen_text_state_dict's)."""
+    from ..model_defs.text_encoders import qwen25vl_vision
+    model = qwen25vl_vision.build_vision_model(config or tiny_qwen_vision_config())
+    return {"visual." + k: v for k, v in random_state_dict(model, seed, scale=0.1).items()}
