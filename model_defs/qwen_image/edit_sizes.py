@@ -11,11 +11,10 @@ Rescaling a 3000x2000 photo to 1 MP and back is where the zoom and shift users s
 
 from __future__ import annotations
 
-import math
+from ..text_encoders.qwen_image_processor import EDIT_AREA, EDIT_PLUS_AREA, calculate_dimensions
 
-VAE_AREA = 1024 * 1024
-CONDITION_AREA_PLUS = 384 * 384  # Edit-2509 / 2511's vision path
-SIDE_MULTIPLE = 32
+VAE_AREA = EDIT_AREA  # about 1 MP: the VAE path of both pipelines (and Edit's vision path)
+CONDITION_AREA_PLUS = EDIT_PLUS_AREA  # Edit-2509 / 2511's vision path
 
 
 def area_size(width: int, height: int, area: int) -> tuple[int, int]:
@@ -23,10 +22,7 @@ def area_size(width: int, height: int, area: int) -> tuple[int, int]:
     (as the official pipelines compute them)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"an image of {width}x{height} pixels has no aspect ratio")
-    ratio = width / height
-    new_width = math.sqrt(area * ratio)
-    new_height = new_width / ratio
-    return round(new_width / SIDE_MULTIPLE) * SIDE_MULTIPLE, round(new_height / SIDE_MULTIPLE) * SIDE_MULTIPLE
+    return calculate_dimensions(area, width / height)
 
 
 def native_size(width: int, height: int, cell: int) -> tuple[int, int]:
