@@ -284,3 +284,20 @@ def test_long_prompt_is_refused_not_cut(ours):
     assert len(tokenizer(words)["input_ids"]) > 1024
     with pytest.raises(ValueError, match="limit is 1024"):
         _ours_encode(ours, words, [smooth_image(64, 64, 0)], "edit_plus")
+
+
+@torch.no_grad()
+def test_bf16_weights_fp32_activations(ours, tokenizer_dir):
+    """bf16 weights (stored or cast), activations in fp32 as asked: close to the fp32 model, and fp32 out."""
+    path = Path(tokenizer_dir).parent / "qwen_2.5_vl_tiny.safetensors"
+    text = load_text_encoder(path, tokenizer_path=tokenizer_dir, dtype=torch.bfloat16)
+    tower = load_vision_tower(path, dtype=torch.bfloat16).model
+    assert text.model.embed_tokens.weight.dtype == torch.bfloat16
+    images = [smooth_image(w, h, seed=3) for w, h in PLUS_TWO]
+    expected, _ = _ours_encode(ours, SHORT, images, "edit_plus")
+    got, _ = edit_text.encode_edit_prompt(text.model, tower, text.tokenizer, SHORT, images, "edit_plus",
+                                          dtype=torch.float32)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    difference = (got - expected).abs()
+    print("bf16 weights, fp32 activations: max abs", difference.max().item(), "mean", difference.mean().item())
+    assert difference.mean() < 0.05
