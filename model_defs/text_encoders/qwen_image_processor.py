@@ -15,7 +15,9 @@ Resizing is PIL's own algorithm written in torch (`pil_resize`): the same filter
 fixed-point coefficients, the same rounding after the horizontal and after the vertical pass. An image
 whose values are multiples of 1/255 (what ComfyUI's image loader gives) is therefore treated exactly as the
 PIL image it came from: the tests find pixel_values equal to transformers' processor (PIL backend) to
-1e-6. Values between the 8-bit levels are rounded to them first, as converting to a PIL image would.
+1e-6, bit-identical where the resize is one-sided or none, since the rescale and normalisation follow
+transformers' arithmetic (x * (1/255) in float64, stored float32, normalised in float32); when both sides
+are resized, Pillow may run its passes in the other order (tests/test_qwen25vl_vision.py). Values between the 8-bit levels are rounded to them first, as converting to a PIL image would.
 """
 
 from __future__ import annotations
@@ -160,8 +162,10 @@ def preprocess(images: torch.Tensor, target_area: int | None = None, min_pixels:
     2509/2511 "Plus" pipeline; None: none). min_pixels / max_pixels: the processor's area bounds.
     A list of images of different sizes may be given instead of one batch tensor."""
     batch = list(images) if not isinstance(images, torch.Tensor) or images.ndim == 4 else [images]
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float64)[:, None, None]
-    std = torch.tensor(CLIP_STD, dtype=torch.float64)[:, None, None]
+    # transformers' arithmetic exactly: rescale in float64 (x * (1/255)), stored as float32, then normalise
+    # in float32 with float32 mean/std; so pixel_values come out bit-identical, not merely within an ulp.
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
     all_patches, grids = [], []
     for image in batch:
         if image.ndim != 3 or image.shape[-1] != 3:
@@ -175,8 +179,8 @@ def preprocess(images: torch.Tensor, target_area: int | None = None, min_pixels:
             height, width = new_h, new_w
         new_h, new_w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
         levels = pil_resize(levels, new_h, new_w, "bicubic")
-        normalised = ((levels / 255.0) - mean) / std
-        patches, grid_h, grid_w = patchify(normalised.float())
+        normalised = ((levels * (1 / 255)).float() - mean) / std
+        patches, grid_h, grid_w = patchify(normalised)
         all_patches.append(patches)
         grids.append((1, grid_h, grid_w))
     device = images.device if isinstance(images, torch.Tensor) else batch[0].device

@@ -1,0 +1,303 @@
+"""Qwen-Image-Edit prompt encoding (the instruction with its reference images through Qwen2.5-VL): parity with
+diffusers' QwenImageEditPipeline / QwenImageEditPlusPipeline encode_prompt at a tiny configuration, fp32.
+
+The oracle is fed as its own __call__ feeds encode_prompt: each image resized by the pipeline's
+VaeImageProcessor (PIL Lanczos) to calculate_dimensions(area), then the Qwen2-VL processor (PIL backend,
+the official pixel limits). The parity images have sizes for which the first resize is the identity and the
+processor's resize changes at most one side: there our torch preprocessing gives bit-identical pixel_values,
+so the whole path is compared to 1e-5 (measured: 0, bit-identical). Sizes that need both resizes on both
+sides are compared given the processor's own pixel_values (1e-5), and through our preprocessing with the
+looser bound the pixels' one- or two-level differences allow.
+
+One adjustment to the oracle: diffusers calls the text encoder without `mm_token_type_ids`, and transformers 5
+then gives the image tokens text positions (transformers 4, the release's, derived them from the image token
+id). The reference model is wrapped to pass them, restoring the official 3-D positions; a test shows the
+unwrapped oracle differs, i.e. that the positions are checked.
+"""
+
+import functools
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+
+from comfyui_mmdit.loaders.text_encoder import load_text_encoder, load_vision_tower
+from comfyui_mmdit.loaders.tokenizers import load_tokenizer
+from comfyui_mmdit.model_defs.qwen_image import edit_text
+from comfyui_mmdit.model_defs.text_encoders import qwen25vl_vision as vision
+from comfyui_mmdit.model_defs.text_encoders import qwen_image_processor as processor
+from comfyui_mmdit.tools.tiny_models import random_state_dict, tiny_qwen_vision_config, write_safetensors
+from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
+
+# Same weights, same ids, same pixels, fp32: only summation order differs.
+ATOL = 1e-5
+SHORT = "make the sky green"
+LONG = ("replace the red chair with a blue armchair, keep the cat exactly where it is, add warm evening light "
+        "from the left and a hand-painted sign that reads OPEN above the door, ") * 4
+
+# (width, height): calculate_dimensions(area) is the identity, the processor resizes one side at most.
+EDIT_SIZE = (896, 1152)
+PLUS_TWO = [(448, 320), (224, 672)]
+PLUS_THREE = [(320, 448), (672, 224), (352, 448)]
+
+
+def smooth_image(width, height, seed):
+    """A natural-like image on 8-bit levels: low-frequency colour fields (as in test_qwen25vl_vision)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(2, height // 16), max(2, width // 16), generator=g) * 0.7 + 0.15
+    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return ((image[0].permute(1, 2, 0) * 255).round() / 255).contiguous()
+
+
+def as_pil(image):
+    return PIL.Image.fromarray((image * 255).round().byte().numpy())
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return write_tiny_qwen_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+def _reference_model(tokenizer):
+    """transformers' Qwen2.5-VL: the tiny language model (one 128-dim head, two layers) and the tiny tower."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
+           [("image_token_id", "<|image_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>")]}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
+                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+                         max_position_embeddings=128000, bos_token_id=None, eos_token_id=None),
+        vision_config=vision.transformers_vision_config(tiny_qwen_vision_config()).to_dict(),
+        video_token_id=len(tokenizer) + 10, **ids,  # no video token in the tiny vocabulary
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.load_state_dict(random_state_dict(model, seed=11, scale=0.1))
+    return model
+
+
+def _with_token_types(model, image_token_id):
+    """The model called as transformers 4 behaved: image tokens typed from their id (3-D RoPE positions)."""
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def typed_forward(*args, input_ids=None, **kwargs):
+        kwargs.setdefault("mm_token_type_ids", (input_ids == image_token_id).int())
+        return forward(*args, input_ids=input_ids, **kwargs)
+
+    model.forward = typed_forward
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference_model(tokenizer):
+    return _reference_model(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def official_processor(tokenizer):
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class ImageOnlyProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without a video processor (whose class needs torchvision, absent here)."""
+
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    images = Qwen2VLImageProcessorPil(min_pixels=processor.MIN_PIXELS, max_pixels=processor.MAX_PIXELS)
+    return ImageOnlyProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+def _pipeline(kind, model, tokenizer, official_processor):
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    cls = {"edit": QwenImageEditPipeline, "edit_plus": QwenImageEditPlusPipeline}[kind]
+    pipeline = cls(scheduler=None, vae=None, text_encoder=model, tokenizer=tokenizer, processor=official_processor,
+                   transformer=None)
+    # 64 with Qwen's tokenizer; the same text (system block + user header) in the tiny one's tokens
+    pipeline.prompt_template_encode_start_idx = edit_text.template_drop(tokenizer)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def pipelines(reference_model, tokenizer, official_processor):
+    typed = _with_token_types(_reference_model(tokenizer), tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    typed.load_state_dict(reference_model.state_dict())
+    return {kind: _pipeline(kind, typed, tokenizer, official_processor) for kind in ("edit", "edit_plus")}
+
+
+@pytest.fixture(scope="module")
+def ours(reference_model, tokenizer_dir):
+    """Our text model and tower, loaded from the reference weights stored as ComfyUI's single file."""
+    state = {}
+    for key, value in reference_model.state_dict().items():
+        if key.startswith("model.language_model."):
+            state["model." + key[len("model.language_model."):]] = value
+        elif key.startswith("model.visual."):
+            state["visual." + key[len("model.visual."):]] = value
+        else:
+            state[key] = value
+    path = write_safetensors(state, Path(tokenizer_dir).parent / "qwen_2.5_vl_tiny.safetensors")
+    text = load_text_encoder(path, tokenizer_path=tokenizer_dir)
+    return text.model, load_vision_tower(path).model, text.tokenizer
+
+
+def _official_encode(pipeline, kind, images, prompt):
+    """encode_prompt fed as the pipeline's __call__ feeds it (the vision path's resize first)."""
+    area = processor.EDIT_AREA if kind == "edit" else processor.EDIT_PLUS_AREA
+    resized = []
+    for image in images:
+        height, width = image.shape[:2]
+        w, h = processor.calculate_dimensions(area, width / height)
+        resized.append(pipeline.image_processor.resize(as_pil(image), h, w))
+    prompt_images = resized[0] if kind == "edit" else resized
+    return pipeline.encode_prompt(prompt, image=prompt_images, device="cpu")
+
+
+def _ours_encode(ours, prompt, images, kind):
+    text_model, vision_model, tokenizer = ours
+    return edit_text.encode_edit_prompt(text_model, vision_model, tokenizer, prompt, images, kind)
+
+
+CASES = [("edit", [EDIT_SIZE], SHORT), ("edit", [EDIT_SIZE], LONG),
+         ("edit_plus", PLUS_TWO, SHORT), ("edit_plus", PLUS_TWO, LONG),
+         ("edit_plus", PLUS_THREE, SHORT), ("edit_plus", PLUS_THREE, LONG),
+         ("edit_plus", PLUS_TWO[:1], SHORT)]
+
+
+@pytest.mark.parametrize("kind,sizes,prompt", CASES)
+@torch.no_grad()
+def test_matches_diffusers_encode_prompt(pipelines, ours, kind, sizes, prompt):
+    images = [smooth_image(w, h, seed=31 * i + w + h) for i, (w, h) in enumerate(sizes)]
+    for w, h in sizes:  # the oracle's first resize is the identity (see the module docstring)
+        area = processor.EDIT_AREA if kind == "edit" else processor.EDIT_PLUS_AREA
+        assert processor.calculate_dimensions(area, w / h) == (w, h)
+    expected, expected_mask = _official_encode(pipelines[kind], kind, images, prompt)
+    got, mask = _ours_encode(ours, prompt, images, kind)
+    assert expected_mask is None and mask is None  # one prompt: nothing padded
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    print(kind, len(sizes), "images", got.shape[1], "tokens: max abs", (got - expected).abs().max().item())
+
+
+RESIZED = [(517, 333), (301, 97)]  # (width, height): both resizes change both sides
+
+
+@torch.no_grad()
+def test_resized_images_same_pixels_match(pipelines, ours, official_processor):
+    """Sizes that need both resizes: the encoders agree to 1e-5 given the processor's own pixel_values."""
+    images = [smooth_image(w, h, seed=i + 1) for i, (w, h) in enumerate(RESIZED)]
+    expected, _ = _official_encode(pipelines["edit_plus"], "edit_plus", images, SHORT)
+    resized = [pipelines["edit_plus"].image_processor.resize(as_pil(image), h, w) for image, (w, h) in
+               zip(images, [processor.calculate_dimensions(processor.EDIT_PLUS_AREA, w / h) for w, h in RESIZED])]
+    official = official_processor.image_processor(images=resized, return_tensors="pt")
+    text_model, vision_model, tokenizer = ours
+    got, mask = edit_text.encode_preprocessed_edit_prompt(
+        text_model, vision_model, tokenizer, SHORT, official["pixel_values"], official["image_grid_thw"], "edit_plus")
+    assert mask is None and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    print("resized images, the processor's pixels: max abs", (got - expected).abs().max().item())
+
+
+@torch.no_grad()
+def test_resized_images_agree_to_pixel_rounding(pipelines, ours):
+    """The same images through our preprocessing: PIL's pass order moves ~1.6% of the pixel values by one or
+    two 8-bit levels (tests/test_qwen25vl_vision.py), which the tiny random tower and language model amplify
+    (measured: max abs 0.17 on states up to ~4.5, mean abs 0.006), so only a loose bound here."""
+    images = [smooth_image(w, h, seed=i + 1) for i, (w, h) in enumerate(RESIZED)]
+    expected, _ = _official_encode(pipelines["edit_plus"], "edit_plus", images, SHORT)
+    got, _ = _ours_encode(ours, SHORT, images, "edit_plus")
+    assert got.shape == expected.shape
+    difference = (got - expected).abs()
+    print("resized images, our pixels: max abs", difference.max().item(), "mean abs", difference.mean().item())
+    assert difference.max() < 0.5 and difference.mean() < 0.02
+
+
+@torch.no_grad()
+def test_oracle_without_token_types_gives_text_positions(reference_model, tokenizer, official_processor, ours):
+    """diffusers as it stands with transformers 5 (no mm_token_type_ids): image tokens at text positions, a
+    different result; that the parity test sees positions at all."""
+    pipeline = _pipeline("edit_plus", reference_model, tokenizer, official_processor)
+    images = [smooth_image(w, h, seed=5) for w, h in PLUS_TWO]
+    text_positions, _ = _official_encode(pipeline, "edit_plus", images, SHORT)
+    got, _ = _ours_encode(ours, SHORT, images, "edit_plus")
+    assert (got - text_positions).abs().max() > 1e-2
+
+
+def test_positions_match_transformers_get_rope_index(reference_model, tokenizer):
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    grid = torch.tensor([[1, 16, 24], [1, 48, 16], [1, 4, 4]])
+    counts = vision.tokens_per_image(grid)
+    text = edit_text.edit_prompt_text(SHORT, 3, "edit_plus")
+    ids = edit_text.expand_image_tokens(tokenizer(text)["input_ids"], image_id, counts)
+    expected, _ = reference_model.model.get_rope_index(
+        torch.tensor([ids]), mm_token_type_ids=(torch.tensor([ids]) == image_id).int(), image_grid_thw=grid)
+    got = edit_text.multimodal_position_ids(ids, image_id, grid)
+    assert torch.equal(got, expected[:, 0])
+
+
+def test_prompt_text_is_the_pipelines():
+    assert edit_text.edit_prompt_text("P", 1, "edit").endswith(
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>P<|im_end|>\n<|im_start|>assistant\n")
+    assert edit_text.edit_prompt_text("P", 2, "edit_plus").endswith(
+        "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>"
+        "Picture 2: <|vision_start|><|image_pad|><|vision_end|>P<|im_end|>\n<|im_start|>assistant\n")
+
+
+QWEN_TOKENIZER = Path(__file__).resolve().parents[1] / ".cache/comfyui/ComfyUI-0.8.0/comfy/text_encoders/qwen25_tokenizer"
+
+
+@pytest.mark.skipif(not QWEN_TOKENIZER.is_dir(), reason="needs Qwen's tokenizer from a ComfyUI checkout")
+def test_qwen_tokenizer_drops_the_official_64():
+    qwen = load_tokenizer(QWEN_TOKENIZER)
+    assert edit_text.template_drop(qwen) == edit_text.TEMPLATE_DROP == 64
+
+
+def test_bad_inputs_are_refused(ours):
+    image = smooth_image(64, 64, 0)
+    with pytest.raises(ValueError, match="at most 1 reference image,"):
+        _ours_encode(ours, SHORT, [image, image], "edit")
+    with pytest.raises(ValueError, match="at most 3 reference images"):
+        _ours_encode(ours, SHORT, [image] * 4, "edit_plus")
+    with pytest.raises(ValueError, match="at least one"):
+        _ours_encode(ours, SHORT, [], "edit_plus")
+    with pytest.raises(ValueError, match="unknown Qwen-Image-Edit variant"):
+        _ours_encode(ours, SHORT, [image], "edit_max")
+    with pytest.raises(ValueError, match="RGB"):
+        _ours_encode(ours, SHORT, [torch.rand(64, 64, 4)], "edit")
+
+
+def test_long_prompt_is_refused_not_cut(ours):
+    text_model, vision_model, tokenizer = ours
+    words = "cat " * 1100
+    assert len(tokenizer(words)["input_ids"]) > 1024
+    with pytest.raises(ValueError, match="limit is 1024"):
+        _ours_encode(ours, words, [smooth_image(64, 64, 0)], "edit_plus")
+
+
+@torch.no_grad()
+def test_bf16_weights_fp32_activations(ours, tokenizer_dir):
+    """bf16 weights (stored or cast), activations in fp32 as asked: close to the fp32 model, and fp32 out."""
+    path = Path(tokenizer_dir).parent / "qwen_2.5_vl_tiny.safetensors"
+    text = load_text_encoder(path, tokenizer_path=tokenizer_dir, dtype=torch.bfloat16)
+    tower = load_vision_tower(path, dtype=torch.bfloat16).model
+    assert text.model.embed_tokens.weight.dtype == torch.bfloat16
+    images = [smooth_image(w, h, seed=3) for w, h in PLUS_TWO]
+    expected, _ = _ours_encode(ours, SHORT, images, "edit_plus")
+    got, _ = edit_text.encode_edit_prompt(text.model, tower, text.tokenizer, SHORT, images, "edit_plus",
+                                          dtype=torch.float32)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    difference = (got - expected).abs()
+    print("bf16 weights, fp32 activations: max abs", difference.max().item(), "mean", difference.mean().item())
+    assert difference.mean() < 0.05
