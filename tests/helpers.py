@@ -143,3 +143,18 @@ def official_fp8_release(tencent: dict, folder: Path, in_file_scales: bool = Fal
     save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
     save_file(scales, str(folder / f"{name}_scale.safetensors"))
     return path, values, scales
+
+
+def smooth_image(height: int, width: int, seed: int) -> torch.Tensor:
+    """A natural-like IMAGE [H, W, 3] on 8-bit levels: low-frequency colour fields inside (0, 1), so resizing
+    never clips (the image-processor and edit-prompt parity tests)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(2, height // 16), max(2, width // 16), generator=g) * 0.7 + 0.15
+    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return ((image[0].permute(1, 2, 0) * 255).round() / 255).contiguous()
+
+
+def as_pil(image: torch.Tensor):
+    import PIL.Image
+
+    return PIL.Image.fromarray((image * 255).round().byte().numpy())

@@ -12,7 +12,7 @@ from comfyui_mmdit.model_defs.text_encoders import qwen25vl_vision as vision
 from comfyui_mmdit.model_defs.text_encoders import qwen_image_processor as processor
 from comfyui_mmdit.tools.tiny_models import tiny_qwen_vision_config, tiny_qwen_vision_state_dict
 
-from helpers import manifest_shapes
+from helpers import as_pil, manifest_shapes, smooth_image
 
 # pixel_values where no resize, or a one-sided one, happens: the same arithmetic as PIL + numpy, so float32
 # rounding only. With both sides resized, Pillow 13 sometimes runs its vertical pass first (we always run
@@ -22,18 +22,6 @@ EXACT_ATOL = 1e-6
 ONE_LEVEL = 1.0 / 255 / min(processor.CLIP_STD) + 1e-6
 TWO_LEVELS = 2 * ONE_LEVEL  # the edit path resizes twice (Lanczos, then bicubic): one level each
 FEATURE_ATOL = 1e-5
-
-
-def smooth_image(height, width, seed):
-    """A natural-like image: low-frequency colour fields on 8-bit levels, inside (0, 1) (no clipping)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, max(2, height // 16), max(2, width // 16), generator=g) * 0.7 + 0.15
-    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    return ((image[0].permute(1, 2, 0) * 255).round() / 255).contiguous()
-
-
-def as_pil(image):
-    return PIL.Image.fromarray((image * 255).round().byte().numpy())
 
 
 @pytest.fixture(scope="module")

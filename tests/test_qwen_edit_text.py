@@ -18,7 +18,6 @@ unwrapped oracle differs, i.e. that the positions are checked.
 import functools
 from pathlib import Path
 
-import PIL.Image
 import pytest
 import torch
 
@@ -30,6 +29,8 @@ from comfyui_mmdit.model_defs.text_encoders import qwen_image_processor as proce
 from comfyui_mmdit.tools.tiny_models import random_state_dict, tiny_qwen_vision_config, write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
+from helpers import as_pil, smooth_image
+
 # Same weights, same ids, same pixels, fp32: only summation order differs.
 ATOL = 1e-5
 SHORT = "make the sky green"
@@ -40,18 +41,6 @@ LONG = ("replace the red chair with a blue armchair, keep the cat exactly where 
 EDIT_SIZE = (896, 1152)
 PLUS_TWO = [(448, 320), (224, 672)]
 PLUS_THREE = [(320, 448), (672, 224), (352, 448)]
-
-
-def smooth_image(width, height, seed):
-    """A natural-like image on 8-bit levels: low-frequency colour fields (as in test_qwen25vl_vision)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, max(2, height // 16), max(2, width // 16), generator=g) * 0.7 + 0.15
-    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    return ((image[0].permute(1, 2, 0) * 255).round() / 255).contiguous()
-
-
-def as_pil(image):
-    return PIL.Image.fromarray((image * 255).round().byte().numpy())
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +168,7 @@ CASES = [("edit", [EDIT_SIZE], SHORT), ("edit", [EDIT_SIZE], LONG),
 @pytest.mark.parametrize("kind,sizes,prompt", CASES)
 @torch.no_grad()
 def test_matches_diffusers_encode_prompt(pipelines, ours, kind, sizes, prompt):
-    images = [smooth_image(w, h, seed=31 * i + w + h) for i, (w, h) in enumerate(sizes)]
+    images = [smooth_image(h, w, seed=31 * i + w + h) for i, (w, h) in enumerate(sizes)]
     for w, h in sizes:  # the oracle's first resize is the identity (see the module docstring)
         area = processor.EDIT_AREA if kind == "edit" else processor.EDIT_PLUS_AREA
         assert processor.calculate_dimensions(area, w / h) == (w, h)
@@ -197,7 +186,7 @@ RESIZED = [(517, 333), (301, 97)]  # (width, height): both resizes change both s
 @torch.no_grad()
 def test_resized_images_same_pixels_match(pipelines, ours, official_processor):
     """Sizes that need both resizes: the encoders agree to 1e-5 given the processor's own pixel_values."""
-    images = [smooth_image(w, h, seed=i + 1) for i, (w, h) in enumerate(RESIZED)]
+    images = [smooth_image(h, w, seed=i + 1) for i, (w, h) in enumerate(RESIZED)]
     expected, _ = _official_encode(pipelines["edit_plus"], "edit_plus", images, SHORT)
     resized = [pipelines["edit_plus"].image_processor.resize(as_pil(image), h, w) for image, (w, h) in
                zip(images, [processor.calculate_dimensions(processor.EDIT_PLUS_AREA, w / h) for w, h in RESIZED])]
@@ -215,7 +204,7 @@ def test_resized_images_agree_to_pixel_rounding(pipelines, ours):
     """The same images through our preprocessing: PIL's pass order moves ~1.6% of the pixel values by one or
     two 8-bit levels (tests/test_qwen25vl_vision.py), which the tiny random tower and language model amplify
     (measured: max abs 0.17 on states up to ~4.5, mean abs 0.006), so only a loose bound here."""
-    images = [smooth_image(w, h, seed=i + 1) for i, (w, h) in enumerate(RESIZED)]
+    images = [smooth_image(h, w, seed=i + 1) for i, (w, h) in enumerate(RESIZED)]
     expected, _ = _official_encode(pipelines["edit_plus"], "edit_plus", images, SHORT)
     got, _ = _ours_encode(ours, SHORT, images, "edit_plus")
     assert got.shape == expected.shape
@@ -229,7 +218,7 @@ def test_oracle_without_token_types_gives_text_positions(reference_model, tokeni
     """diffusers as it stands with transformers 5 (no mm_token_type_ids): image tokens at text positions, a
     different result; that the parity test sees positions at all."""
     pipeline = _pipeline("edit_plus", reference_model, tokenizer, official_processor)
-    images = [smooth_image(w, h, seed=5) for w, h in PLUS_TWO]
+    images = [smooth_image(h, w, seed=5) for w, h in PLUS_TWO]
     text_positions, _ = _official_encode(pipeline, "edit_plus", images, SHORT)
     got, _ = _ours_encode(ours, SHORT, images, "edit_plus")
     assert (got - text_positions).abs().max() > 1e-2
@@ -253,15 +242,6 @@ def test_prompt_text_is_the_pipelines():
     assert edit_text.edit_prompt_text("P", 2, "edit_plus").endswith(
         "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>"
         "Picture 2: <|vision_start|><|image_pad|><|vision_end|>P<|im_end|>\n<|im_start|>assistant\n")
-
-
-QWEN_TOKENIZER = Path(__file__).resolve().parents[1] / ".cache/comfyui/ComfyUI-0.8.0/comfy/text_encoders/qwen25_tokenizer"
-
-
-@pytest.mark.skipif(not QWEN_TOKENIZER.is_dir(), reason="needs Qwen's tokenizer from a ComfyUI checkout")
-def test_qwen_tokenizer_drops_the_official_64():
-    qwen = load_tokenizer(QWEN_TOKENIZER)
-    assert edit_text.template_drop(qwen) == edit_text.TEMPLATE_DROP == 64
 
 
 def test_bad_inputs_are_refused(ours):
@@ -293,7 +273,7 @@ def test_bf16_weights_fp32_activations(ours, tokenizer_dir):
     text = load_text_encoder(path, tokenizer_path=tokenizer_dir, dtype=torch.bfloat16)
     tower = load_vision_tower(path, dtype=torch.bfloat16).model
     assert text.model.embed_tokens.weight.dtype == torch.bfloat16
-    images = [smooth_image(w, h, seed=3) for w, h in PLUS_TWO]
+    images = [smooth_image(h, w, seed=3) for w, h in PLUS_TWO]
     expected, _ = _ours_encode(ours, SHORT, images, "edit_plus")
     got, _ = edit_text.encode_edit_prompt(text.model, tower, text.tokenizer, SHORT, images, "edit_plus",
                                           dtype=torch.float32)

@@ -19,6 +19,13 @@ from test_byt5 import STRINGS
 from test_hunyuan_vae import PARITY_ATOL
 
 
+def test_qwen_image_edit_template_drops_the_official_64_tokens():
+    from comfyui_mmdit.model_defs.qwen_image import edit_text
+
+    tokenizer = load_tokenizer(require_comfyui() / "comfy" / "text_encoders" / "qwen25_tokenizer")
+    assert edit_text.template_drop(tokenizer) == edit_text.TEMPLATE_DROP == 64
+
+
 def test_real_tokenizer_template_prefix_is_34_tokens():
     tokenizer = load_tokenizer(require_comfyui() / "comfy" / "text_encoders" / "qwen25_tokenizer")
     assert qwen25vl.template_prefix_tokens(tokenizer, PROMPT_TEMPLATE) == PROMPT_TEMPLATE_DROP == 34
