@@ -163,15 +163,7 @@ def read_text_encoder(path, tokenizer_path=None, tokenizer_search=(), tokenizer_
         raise ModelFileError(checkpoint.path, f"holds a {identity.description}, but the {wanted} is wanted here",
                              found=identity.description, expected=wanted,
                              hint="Choose the matching file in this loader (each family names the text encoders it takes).")
-    names = kind.names(checkpoint, identity.prefix, identity.layout)
-    shapes = {name: checkpoint.shape(key) for key, name in names.items()}
-    try:
-        config = kind.spec.config_from_shapes(shapes)
-    except (KeyError, ValueError, IndexError) as e:
-        raise ModelFileError(checkpoint.path, f"looks like a {identity.description} but its configuration "
-                             "cannot be read from its tensors", found=f"{type(e).__name__}: {e}") from None
-    expected = module_shapes(kind.spec.build(config))
-    check_shapes(checkpoint.path, _description(identity, config), shapes, expected)
+    names, config = checked_tensors(checkpoint, identity)
 
     # The tokenizer is part of the check: a missing one should not cost a multi-GB load.
     search = list(tokenizer_search)
@@ -202,6 +194,21 @@ _KINDS = {
                   lambda c: f"{c.num_layers} layers, width {c.d_model}, {c.vocab_size} tokens"),
 }
 ENCODER_KINDS = tuple(_KINDS)
+
+
+def checked_tensors(checkpoint: Checkpoint, identity: Identity) -> tuple[dict[str, str], object]:
+    """({file key: network name}, config) of the encoder `identity` found in `checkpoint`: the config read
+    from the shapes and every name and shape checked against the network built on the meta device."""
+    kind = _KINDS[identity.family]
+    names = kind.names(checkpoint, identity.prefix, identity.layout)
+    shapes = {name: checkpoint.shape(key) for key, name in names.items()}
+    try:
+        config = kind.spec.config_from_shapes(shapes)
+    except (KeyError, ValueError, IndexError) as e:
+        raise ModelFileError(checkpoint.path, f"looks like a {identity.description} but its configuration "
+                             "cannot be read from its tensors", found=f"{type(e).__name__}: {e}") from None
+    check_shapes(checkpoint.path, _description(identity, config), shapes, module_shapes(kind.spec.build(config)))
+    return names, config
 
 
 def encoder_kind(name: str):

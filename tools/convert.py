@@ -33,7 +33,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..loaders.assign import check_shapes, module_shapes
 from ..loaders.checkpoints import SAFETENSORS_DTYPES, open_checkpoint
 from ..loaders.detection import DIFFUSION_MODEL, TEXT_ENCODER, find_component, identify_all
 from ..loaders.errors import ModelFileError
@@ -100,16 +99,10 @@ def lookup_tables(checkpoint, identity) -> set[str]:
     kind = _text_encoder_kind(identity.family)
     if kind is None:
         return set()
-    names = kind.names(checkpoint, prefix, identity.layout)
-    shapes = {name: checkpoint.shape(key) for key, name in names.items()}
-    try:
-        config = kind.spec.config_from_shapes(shapes)
-    except (KeyError, ValueError, IndexError) as e:
-        raise ModelFileError(checkpoint.path, f"looks like a {identity.description} but its configuration "
-                             "cannot be read from its tensors", found=f"{type(e).__name__}: {e}") from None
-    network = kind.spec.build(config)
-    check_shapes(checkpoint.path, identity.description, shapes, module_shapes(network))
-    tables = _embedding_weights(network)
+    from ..loaders.text_encoder import checked_tensors
+
+    names, config = checked_tensors(checkpoint, identity)
+    tables = _embedding_weights(kind.spec.build(config))
     return {key[len(prefix):] for key, name in names.items() if name in tables}
 
 
@@ -195,8 +188,9 @@ def copy_tokenizer(source, target) -> Path | None:
     if kind is None:
         found = next((p.folder for p in places_beside(Path(source)) if holds_tokenizer(p.folder)), None)
     else:
-        names = kind.names(checkpoint, identity.prefix, identity.layout)
-        config = kind.spec.config_from_shapes({name: checkpoint.shape(key) for key, name in names.items()})
+        from ..loaders.text_encoder import checked_tensors
+
+        _, config = checked_tensors(checkpoint, identity)
         try:
             _, place = kind.tokenizer(Path(source), None, [], config)
         except ModelFileError:  # none beside the source
