@@ -25,7 +25,7 @@ from comfyui_mmdit.loaders.formats.checkpoint import Checkpoint
 from comfyui_mmdit.loaders.layouts import diffusion_model_weights
 from comfyui_mmdit.loaders.quant.tensor import FP8_SCALED, GGUF, is_quantized
 from comfyui_mmdit.model_defs import families
-from helpers import manifest, manifest_shapes
+from helpers import manifest, manifest_shapes, official_fp8_release
 
 HIDDEN = {"dit": 3584, "distilled_dit": 3584, "refiner_dit": 3328}
 WIDTH = 32  # the tiny hidden size (a multiple of GGUF's block of 32)
@@ -260,36 +260,16 @@ def test_gguf_in_the_split_and_diffusers_layouts_stays_quantized(tmp_path):
 
 
 # --- the official FP8 release: weights + *_fp8_scale.safetensors --------------------------------------------
-def _official_fp8(tencent: dict, folder, in_file_scales: bool):
-    """As hyimage's convert_fp8_linear + state_dict() would write it: every Linear weight inside the double
-    and single blocks FP8 (e4m3fn) with scale amax / 448 (per_tensor_quantize), biases and everything else
-    as they were; the scales also in <name>_fp8_scale.safetensors keyed by layer name."""
-    weights, scales = {}, {}
-    for name, tensor in tencent.items():
-        if name.startswith(("double_blocks.", "single_blocks.")) and name.endswith(".weight") and tensor.ndim == 2:
-            layer = name[: -len(".weight")]
-            scale = (tensor.abs().amax() / torch.finfo(torch.float8_e4m3fn).max).float()
-            weights[name] = (tensor / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
-            scales[layer] = scale.reshape(())
-            if in_file_scales:
-                weights[layer + ".weight_scale"] = scale.reshape(())
-        else:
-            weights[name] = tensor.to(torch.bfloat16)
-    weights_path = _save(weights, folder / "hunyuanimage2.1_fp8.safetensors")
-    _save(scales, folder / "hunyuanimage2.1_fp8_scale.safetensors")
-    return weights_path, weights, scales
-
-
 @pytest.mark.parametrize("in_file_scales", (True, False), ids=("weight_scale-in-file", "scale-file-only"))
 def test_official_fp8_release_with_its_scale_file(tmp_path, in_file_scales):
     tencent = tiny_layouts("dit", seed=5)["tencent"]
-    path, stored, scales = _official_fp8(tencent, tmp_path, in_file_scales)
+    path, values, _ = official_fp8_release(tencent, tmp_path, in_file_scales)
     checkpoint = open_checkpoint(path)
     weights = diffusion_model_weights(checkpoint, find_component(checkpoint, DIFFUSION_MODEL))
     assert weights.holds_quantized()
 
     def value(name):  # the official formula: fp8 weight x its layer's scale
-        return stored[name].float() * scales[name[: -len(".weight")]]
+        return values[name]
 
     qkv = weights["double_blocks.1.txt_attn.qkv.weight"]
     assert is_quantized(qkv) and qkv.qformat == FP8_SCALED and qkv.raw().dtype == torch.float8_e4m3fn
@@ -310,7 +290,7 @@ def test_official_fp8_release_with_its_scale_file(tmp_path, in_file_scales):
 
 
 def test_the_scale_file_picked_as_the_model_points_to_the_weights(tmp_path):
-    _official_fp8(tiny_layouts("dit")["tencent"], tmp_path, in_file_scales=True)
+    official_fp8_release(tiny_layouts("dit")["tencent"], tmp_path, in_file_scales=True)
     with pytest.raises(ModelFileError, match="is an FP8 scale map, not a model.*hunyuanimage2.1_fp8.safetensors"):
         open_checkpoint(tmp_path / "hunyuanimage2.1_fp8_scale.safetensors")
 
