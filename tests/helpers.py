@@ -158,3 +158,15 @@ def as_pil(image: torch.Tensor):
     import PIL.Image
 
     return PIL.Image.fromarray((image * 255).round().byte().numpy())
+
+
+def comfyui_qwen25vl_names(transformers_state: dict, language_model_only: bool = False) -> dict:
+    """A transformers 5 Qwen2.5-VL state dict in ComfyUI's single-file names: model.language_model.* ->
+    model.*, model.visual.* -> visual.*, the rest (lm_head) as it is; only the language model if asked."""
+    out = {}
+    for key, value in transformers_state.items():
+        if key.startswith("model.language_model."):
+            out["model." + key[len("model.language_model."):]] = value
+        elif not language_model_only:
+            out["visual." + key[len("model.visual."):] if key.startswith("model.visual.") else key] = value
+    return out

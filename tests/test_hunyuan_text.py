@@ -13,7 +13,7 @@ from comfyui_mmdit.model_defs.text_encoders.byt5_tokenizer import with_glyph_mar
 from comfyui_mmdit.tools.tiny_models import TINY_BYT5, random_state_dict, tiny_byt5_state_dict, write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import byt5_tokenizer, write_tiny_qwen_tokenizer
 
-from helpers import transformers_qwen25vl
+from helpers import comfyui_qwen25vl_names, transformers_qwen25vl
 
 ATOL = 1e-5  # same weights, same ids, fp32: summation order only
 
@@ -93,10 +93,7 @@ def pipeline(files):
 def encoders(pipeline, files):
     """Our loaders on the same weights, written as ComfyUI's single files."""
     root, qwen_tokenizer_dir = files
-    qwen_state = {}
-    for key, value in pipeline.text_encoder.state_dict().items():
-        if key.startswith("model.language_model."):
-            qwen_state["model." + key[len("model.language_model."):]] = value
+    qwen_state = comfyui_qwen25vl_names(pipeline.text_encoder.state_dict(), language_model_only=True)
     qwen = load_text_encoder(write_safetensors(qwen_state, root / "qwen.safetensors"), tokenizer_path=qwen_tokenizer_dir)
     glyph = load_text_encoder(write_safetensors(tiny_byt5_state_dict(seed=12), root / "byt5.safetensors"))
     assert (qwen.encoder_kind, glyph.encoder_kind) == ("qwen25_vl", "byt5")

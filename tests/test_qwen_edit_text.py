@@ -29,7 +29,7 @@ from comfyui_mmdit.model_defs.text_encoders import qwen_image_processor as proce
 from comfyui_mmdit.tools.tiny_models import random_state_dict, tiny_qwen_vision_config, write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
-from helpers import as_pil, smooth_image
+from helpers import as_pil, comfyui_qwen25vl_names, smooth_image
 
 # Same weights, same ids, same pixels, fp32: only summation order differs.
 ATOL = 1e-5
@@ -129,14 +129,7 @@ def pipelines(reference_model, tokenizer, official_processor):
 @pytest.fixture(scope="module")
 def ours(reference_model, tokenizer_dir):
     """Our text model and tower, loaded from the reference weights stored as ComfyUI's single file."""
-    state = {}
-    for key, value in reference_model.state_dict().items():
-        if key.startswith("model.language_model."):
-            state["model." + key[len("model.language_model."):]] = value
-        elif key.startswith("model.visual."):
-            state["visual." + key[len("model.visual."):]] = value
-        else:
-            state[key] = value
+    state = comfyui_qwen25vl_names(reference_model.state_dict())
     path = write_safetensors(state, Path(tokenizer_dir).parent / "qwen_2.5_vl_tiny.safetensors")
     text = load_text_encoder(path, tokenizer_path=tokenizer_dir)
     return text.model, load_vision_tower(path).model, text.tokenizer

@@ -13,7 +13,7 @@ from comfyui_mmdit.model_defs.text_encoders import qwen25vl
 from comfyui_mmdit.tools.tiny_models import random_state_dict, write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
-from helpers import manifest_shapes, transformers_qwen25vl
+from helpers import comfyui_qwen25vl_names, manifest_shapes, transformers_qwen25vl
 
 PROMPTS = ["a cat on a chair", "", "a watercolor painting of mountains at sunrise with a lake in the foreground"]
 # Same weights, same token ids, fp32: the only difference allowed is summation order.
@@ -40,15 +40,7 @@ def reference(tokenizer_dir):
 
 def _comfyui_file(reference, path: Path) -> Path:
     """The reference weights as ComfyUI's single file stores them: model.*, visual.*, lm_head.*."""
-    state = {}
-    for key, value in reference.text_encoder.state_dict().items():
-        if key.startswith("model.language_model."):
-            state["model." + key[len("model.language_model."):]] = value
-        elif key.startswith("model.visual."):
-            state["visual." + key[len("model.visual."):]] = value
-        else:
-            state[key] = value
-    return write_safetensors(state, path)
+    return write_safetensors(comfyui_qwen25vl_names(reference.text_encoder.state_dict()), path)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +92,7 @@ def test_hf_folder_and_diffusers_repo_load_the_same_model(reference, ours, tmp_p
 @torch.no_grad()
 def test_bf16_file_with_prefix_and_tokenizer_beside_it(reference, tmp_path, tokenizer_dir, ours):
     state = {"text_encoders.qwen25_7b.transformer." + k: v for k, v in
-             {**{"model." + k[len("model.language_model."):]: v
-                 for k, v in reference.text_encoder.state_dict().items() if k.startswith("model.language_model.")}}.items()}
+             comfyui_qwen25vl_names(reference.text_encoder.state_dict(), language_model_only=True).items()}
     path = write_safetensors(state, tmp_path / "full_checkpoint.safetensors", dtype=torch.bfloat16)
     load_tokenizer(tokenizer_dir).save_pretrained(tmp_path / "full_checkpoint_tokenizer")
     loaded = load_text_encoder(path)  # tokenizer found beside the file
