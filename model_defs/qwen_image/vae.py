@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import StandaloneOps, cast_like
+from ..vae_tiling import crop_to_multiple, tiled_decode, tiled_encode
 
 
 @dataclass(frozen=True)
@@ -300,16 +301,12 @@ class QwenImageVAE(nn.Module):
     def decode_tiled(self, latent: torch.Tensor, tile: int | None = None, overlap: int | None = None,
                      **kwargs) -> torch.Tensor:
         """`decode` in overlapping tiles of `tile` latent cells (see model_defs/vae_tiling.py)."""
-        from ..vae_tiling import tiled_decode
-
         latent = single_frame(latent, "latent", self.latent_channels)
         return tiled_decode(self.decode, latent, self.downscale, tile=tile, overlap=overlap, **kwargs)
 
     def encode_tiled(self, images: torch.Tensor, tile: int | None = None, overlap: int | None = None,
                      **kwargs) -> torch.Tensor:
         """`encode` in overlapping tiles of `tile` latent cells; same cropping, same [B, 16, 1, h, w] output."""
-        from ..vae_tiling import tiled_encode
-
         images = crop_to_multiple(single_frame(images, "images", self.config.image_channels), self.downscale)
         return tiled_encode(self.encode, images, self.downscale, tile=tile, overlap=overlap, **kwargs)
 
@@ -328,16 +325,6 @@ def single_frame(x: torch.Tensor, what: str, channels: int) -> torch.Tensor:
     if x.shape[1] != channels:
         raise ValueError(f"{what} must have {channels} channels, got shape {list(x.shape)}")
     return x
-
-
-def crop_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Centre-crop H and W down to multiples of `multiple`, the way ComfyUI's VAE encode does."""
-    height, width = images.shape[-2:]
-    keep_h, keep_w = height // multiple * multiple, width // multiple * multiple
-    if keep_h == 0 or keep_w == 0:
-        raise ValueError(f"images must be at least {multiple}x{multiple} pixels, got {width}x{height}")
-    top, left = (height - keep_h) // 2, (width - keep_w) // 2
-    return images[..., top:top + keep_h, left:left + keep_w]
 
 
 # --- configuration from a file's tensor shapes (ComfyUI names, no prefix) -----------------------------
