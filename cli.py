@@ -213,6 +213,7 @@ def convert(args) -> int:
 def _place_tokenizer(source: Path, written: Path) -> None:
     from comfyui_mmdit.loaders.checkpoints import open_checkpoint
     from comfyui_mmdit.loaders.detection import TEXT_ENCODER, find_component
+    from comfyui_mmdit.loaders.text_encoder import encoder_kind
     from comfyui_mmdit.loaders.tokenizers import places_beside
     from comfyui_mmdit.tools.convert import copy_tokenizer
 
@@ -220,8 +221,10 @@ def _place_tokenizer(source: Path, written: Path) -> None:
     if copy is not None:
         print(f"copied the source's tokenizer to {copy} (the converted file finds it there)")
         return
-    if find_component(open_checkpoint(written), TEXT_ENCODER).family == "byt5":  # bytes need no vocabulary
-        print("no tokenizer beside the source: the converted ByT5 uses the pack's built-in byte tokenizer")
+    kind = encoder_kind(find_component(open_checkpoint(written), TEXT_ENCODER).family)
+    if kind is not None and not kind.spec.needs_tokenizer_files:
+        print(f"no tokenizer beside the source: the converted {kind.spec.display_name} uses the pack's built-in "
+              "tokenizer")
         return
     looks = ", ".join(str(p.folder) for p in places_beside(written))
     print(f"no tokenizer beside {source}: the converted file will look for one in {looks}, then in the "

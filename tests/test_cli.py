@@ -393,7 +393,7 @@ def test_convert_of_a_byt5_without_tokenizer_says_the_built_in_one_serves(tmp_pa
     source = write_safetensors(tiny_byt5_state_dict(), tmp_path / "byt5_small_glyphxl_fp16.safetensors")
     target = tmp_path / "out" / "byt5-Q8_0.gguf"
     assert cli.main(["convert", str(source), str(target), "--type", "Q8_0"]) == 0
-    assert "the converted ByT5 uses the pack's built-in byte tokenizer" in capsys.readouterr().out
+    assert "the converted ByT5 glyph text encoder uses the pack's built-in tokenizer" in capsys.readouterr().out
     assert load_text_encoder(target).encoder_kind == "byt5"
 
 

@@ -23,3 +23,5 @@ class TextEncoderSpec:
     config_from_shapes: Callable[[Mapping[str, Sequence[int]]], object]
     # (config, operations=None, dtype=None) -> the network on the meta device, weights to be assigned
     build: Callable[..., torch.nn.Module]
+    # False when the pack has a tokenizer of its own for the kind (ByT5's bytes need no vocabulary file)
+    needs_tokenizer_files: bool = True

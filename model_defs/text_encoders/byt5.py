@@ -253,4 +253,5 @@ SPEC = TextEncoderSpec(
     tokenizer_name="byt5",
     config_from_shapes=config_from_shapes,
     build=build_encoder,
+    needs_tokenizer_files=False,
 )
