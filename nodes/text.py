@@ -16,8 +16,6 @@ from .conditioning import FAMILY_KEY
 from .file_inputs import validate_model_file
 from .host import get_host
 
-NONE = NO_FILE
-
 
 @dataclass
 class TextEncoderHandle:
@@ -74,24 +72,24 @@ class MMDiTTextEncoderLoader:
             "family": (families, {"default": families[0],
                                   "tooltip": "The model family the prompts are for (template, layer, encoders)."}),
         }, "optional": {
-            "text_encoder_2_name": ([NONE] + names, {
-                "default": NONE,
+            "text_encoder_2_name": ([NO_FILE] + names, {
+                "default": NO_FILE,
                 "tooltip": "The family's second encoder: for HunyuanImage 2.1 the ByT5 glyph encoder "
                            "(byt5_small_glyphxl_fp16.safetensors), which renders the text in quotes. "
                            "none for Qwen-Image."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, text_encoder_name, text_encoder_2_name=NONE):
+    def VALIDATE_INPUTS(cls, text_encoder_name, text_encoder_2_name=NO_FILE):
         first = validate_model_file("text_encoders", text_encoder_name, lambda path: _read(path).description)
-        if first is not True or text_encoder_2_name in (NONE, None):
+        if first is not True or text_encoder_2_name in (NO_FILE, None):
             return first
         return validate_model_file("text_encoders", text_encoder_2_name, lambda path: _read(path).description)
 
-    def load(self, text_encoder_name, family, text_encoder_2_name=NONE):
+    def load(self, text_encoder_name, family, text_encoder_2_name=NO_FILE):
         host = get_host()
         spec = family_by_display_name(family)
-        names = [n for n in (text_encoder_name, text_encoder_2_name) if n not in (NONE, None, "")]
+        names = [n for n in (text_encoder_name, text_encoder_2_name) if n not in (NO_FILE, None, "")]
         checked = {}
         for name in names:
             file = _read(host.full_path("text_encoders", name))
@@ -111,6 +109,13 @@ class MMDiTTextEncoderLoader:
             encoders[kind] = loaded
             managed[kind] = host.manage(loaded.model, "text_encoder", dtype)
         return (TextEncoderHandle(spec, encoders, managed),)
+
+
+def _to_host(value, device):
+    """A conditioning tensor on the host's intermediate device, floats in float32 (masks keep their type)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, torch.float32) if value.is_floating_point() else value.to(device)
 
 
 def _explain_nonfinite(value, encoders, where: str) -> None:
@@ -153,8 +158,6 @@ class MMDiTTextEncode:
             if isinstance(value, torch.Tensor) and value.is_floating_point() and not is_finite(value):
                 _explain_nonfinite(value, text_encoder.encoders.values(), f"({name}, {dtype})")
         out = host.intermediate_device()
-        extras = {name: (value.to(out, torch.float32) if isinstance(value, torch.Tensor) and value.is_floating_point()
-                         else value.to(out) if isinstance(value, torch.Tensor) else value)
-                  for name, value in extras.items()}
+        extras = {name: _to_host(value, out) for name, value in extras.items()}
         extras[FAMILY_KEY] = spec.name
-        return ([[context.to(out, torch.float32), extras]],)
+        return ([[_to_host(context, out), extras]],)
