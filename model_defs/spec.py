@@ -60,14 +60,40 @@ class TextSpec:
     limit_note: str  # e.g. "1024 tokens", for the node's description
 
 
+# ComfyUI's conditioning keys for reference images (its ReferenceLatent node and Edit nodes write them):
+# a list of VAE-space latents, and optionally the name of how the network places them.
+REFERENCE_LATENTS = "reference_latents"
+REFERENCE_METHOD = "reference_latents_method"
+
+
 @dataclass(frozen=True)
 class ConditioningAdapter:
     """How a conditioning entry's extras become network inputs, the same under both hosts.
 
     inputs: {name in the conditioning extras: keyword of the network's forward}. Masks whose every entry
-    is true are dropped (the network then runs unmasked attention)."""
+    is true are dropped (the network then runs unmasked attention).
+    reference_latents / reference_method: the network's keywords for the reference images (REFERENCE_LATENTS,
+    normalised into the model's latent space first) and their placement (REFERENCE_METHOD); None for a
+    network that takes no reference images."""
 
     inputs: Mapping[str, str] = field(default_factory=lambda: {"attention_mask": "attention_mask"})
+    reference_latents: str | None = None
+    reference_method: str | None = None
+
+    def reference_inputs(self, extras: Mapping, latent_format: LatentFormat) -> dict:
+        """The reference images of a conditioning entry as network inputs (ComfyUI's own model classes do
+        the same in their extra_conds: process_latent_in on each latent)."""
+        latents = extras.get(REFERENCE_LATENTS)
+        if not latents:
+            return {}
+        if self.reference_latents is None:
+            raise ValueError("this model takes no reference images, but the conditioning holds "
+                             f"{len(latents)}: use a model made for editing, or condition with a text encode node")
+        out = {self.reference_latents: [latent_format.to_model(latent.float()) for latent in latents]}
+        method = extras.get(REFERENCE_METHOD)
+        if method is not None and self.reference_method is not None:
+            out[self.reference_method] = method
+        return out
 
     def network_inputs(self, extras: Mapping) -> dict:
         out = {}
@@ -79,6 +105,41 @@ class ConditioningAdapter:
                 continue
             out[keyword] = value
         return out
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """One model that takes reference images (a choice in MMDiTReferenceImages)."""
+
+    label: str  # shown in the node: "Qwen-Image-Edit-2509"
+    variant: str  # what the family's reference encode function calls it ("edit", "edit_plus")
+    max_images: int
+    method: str | None = None  # the placement it forces (REFERENCE_METHOD); None: the model file's own
+    output_image: int = 0  # the image whose size the output takes in the official pipeline (0 first, -1 last)
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """How a family conditions on reference images: its models, the official image size and the prompt
+    encoding that reads the images too.
+
+    encode(encoders {kind: LoadedTextEncoder}, vision (a vision tower or None), prompt, images [list of
+    [H, W, 3] in 0..1], model: ReferenceModel, device, dtype) -> (context [1, L, D], extras).
+    official_size(width, height) -> (width, height) of the VAE path in the official pipeline.
+    vision_encoder: the kind of text encoder whose file holds the vision tower the prompt encoding needs
+    (None: the images reach the network through the VAE only)."""
+
+    models: tuple[ReferenceModel, ...]
+    encode: Callable
+    official_size: Callable[[int, int], tuple[int, int]]
+    official_note: str  # the official rescale in words, for tooltips
+    vision_encoder: str | None = None
+
+    def model(self, label: str) -> ReferenceModel:
+        for model in self.models:
+            if model.label == label:
+                return model
+        raise KeyError(label)
 
 
 @dataclass(frozen=True)
@@ -107,6 +168,7 @@ class FamilySpec:
     quant: QuantPolicy = QuantPolicy()
     aspect_presets: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     size_note: Callable[[int, int], str | None] | None = None  # (width, height) -> a warning, or None
+    references: ReferenceSpec | None = None  # None: text-to-image only
 
     def image_tokens(self, latent_shape) -> int:
         """Image tokens the network sees for a latent of this shape (drives size-dependent shifts)."""

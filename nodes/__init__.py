@@ -5,6 +5,7 @@ Class names are stable: shared workflow files refer to them.
 
 from .latent import MMDiTEmptyLatent
 from .model_loader import MMDiTModelLoader
+from .reference import MMDiTReferenceImages
 from .sampler import MMDiTSampler
 from .text import MMDiTTextEncode, MMDiTTextEncoderLoader
 from .vae import MMDiTVAEDecode, MMDiTVAEEncode, MMDiTVAELoader
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
     "MMDiTModelLoader": MMDiTModelLoader,
     "MMDiTTextEncoderLoader": MMDiTTextEncoderLoader,
     "MMDiTTextEncode": MMDiTTextEncode,
+    "MMDiTReferenceImages": MMDiTReferenceImages,
     "MMDiTEmptyLatent": MMDiTEmptyLatent,
     "MMDiTSampler": MMDiTSampler,
     "MMDiTVAELoader": MMDiTVAELoader,
@@ -30,6 +32,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MMDiTModelLoader": "MMDiT Load Diffusion Model",
     "MMDiTTextEncoderLoader": "MMDiT Load Text Encoder",
     "MMDiTTextEncode": "MMDiT Text Encode",
+    "MMDiTReferenceImages": "MMDiT Reference Images",
     "MMDiTEmptyLatent": "MMDiT Empty Latent",
     "MMDiTSampler": "MMDiT Sampler",
     "MMDiTVAELoader": "MMDiT Load VAE",

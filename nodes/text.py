@@ -4,12 +4,15 @@ glyph encoder)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..loaders.finite import check_finite, is_finite, nonfinite_tensors
-from ..loaders.text_encoder import LoadedTextEncoder, build_text_encoder, read_text_encoder
+from ..loaders.text_encoder import (
+    LoadedTextEncoder, build_text_encoder, build_vision_tower, read_text_encoder,
+    read_vision_tower,
+)
 from ..model_defs.families import FAMILIES, family_by_display_name
 from .common import CATEGORY, NO_FILE, files_or_placeholder, log
 from .conditioning import FAMILY_KEY
@@ -25,11 +28,26 @@ class TextEncoderHandle:
     family: object  # FamilySpec
     encoders: dict  # kind -> LoadedTextEncoder
     managed: dict  # kind -> host handle
+    vision: dict = field(default_factory=dict)  # kind -> (LoadedVisionTower, host handle), loaded when first asked
 
     def load(self) -> tuple[torch.device, torch.dtype]:
         """Every encoder on its device; returns the device and compute dtype (the first encoder's)."""
         placed = [handle.load() for handle in self.managed.values()]
         return placed[0], next(iter(self.managed.values())).dtype
+
+    def vision_tower(self, kind: str):
+        """The vision tower belonging to the `kind` encoder (Qwen2.5-VL's, for reading reference images), on
+        its device. Loaded from the encoder's file, or the file beside it that holds it (a llama.cpp mmproj
+        next to a GGUF), the first time it is needed: text-to-image never pays for it."""
+        if kind not in self.vision:
+            host = get_host()
+            path = self.encoders[kind].path  # MERGE: locate_vision_tower
+            loaded = build_vision_tower(read_vision_tower(path), operations=host.operations("text_encoder"))
+            log.info("vision tower: %s from %s", loaded.description, path)
+            self.vision[kind] = (loaded, host.manage(loaded.model, "text_encoder", host.module_dtype("text_encoder")))
+        loaded, managed = self.vision[kind]
+        managed.load()
+        return loaded.model
 
 
 def _encoder_list() -> str:

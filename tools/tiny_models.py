@@ -162,8 +162,10 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
             return write_safetensors(tiny_byt5_state_dict(), target, dtype=torch.bfloat16)
         tokenizer_dir = write_tiny_qwen_tokenizer(target.parent / f"{target.stem}_tokenizer")
         vocab = len(load_tokenizer(tokenizer_dir))
-        # 4 layers: HunyuanImage 2.1 reads the third-from-last hidden state, a layer's output.
-        return write_safetensors(tiny_qwen_text_state_dict(vocab, layers=4), target, dtype=torch.bfloat16)
+        # 4 layers: HunyuanImage 2.1 reads the third-from-last hidden state, a layer's output. The vision
+        # tower is part of the file, as in ComfyUI's qwen_2.5_vl_7b (Qwen-Image-Edit reads images with it).
+        state = {**tiny_qwen_text_state_dict(vocab, layers=4), **tiny_qwen_vision_state_dict()}
+        return write_safetensors(state, target, dtype=torch.bfloat16)
     raise ValueError(f"no tiny stand-in for models/{folder}")
 
 

@@ -6,7 +6,7 @@ multiples of 32 with Python's round (ties to even):
 - the VAE path (the reference latents, and the output size unless given): about 1 megapixel (1024 x 1024);
 - the vision path (Qwen2.5-VL reading the image): the same image for Edit, 384 x 384 for Edit-2509/2511.
 Rescaling a 3000x2000 photo to 1 MP and back is where the zoom and shift users see come from; the
-"native" policy keeps the image's own pixels instead, cropped (centred) to whole latent cells.
+"native" policy (model_defs/reference_images.py) keeps the image's own pixels instead.
 """
 
 from __future__ import annotations
@@ -23,19 +23,3 @@ def area_size(width: int, height: int, area: int) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise ValueError(f"an image of {width}x{height} pixels has no aspect ratio")
     return calculate_dimensions(area, width / height)
-
-
-def native_size(width: int, height: int, cell: int) -> tuple[int, int]:
-    """The image's own size cut down to whole cells of `cell` pixels (16 for Qwen-Image: 8x VAE, 2x2
-    patches); the cut is centred, so no pixel moves."""
-    size = (width // cell * cell, height // cell * cell)
-    if min(size) < cell:
-        raise ValueError(f"an image of {width}x{height} pixels is smaller than one latent cell ({cell}x{cell} "
-                         f"pixels): it cannot be a reference image")
-    return size
-
-
-def centre_crop_box(width: int, height: int, new_width: int, new_height: int) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the centred new_width x new_height window."""
-    left, top = (width - new_width) // 2, (height - new_height) // 2
-    return left, top, left + new_width, top + new_height

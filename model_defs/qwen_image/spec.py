@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..sampling import DynamicShiftSchedule
-from ..spec import EncoderSlot, FamilySpec, QuantPolicy, SamplingSpec, TextSpec
+from ..spec import ConditioningAdapter, EncoderSlot, FamilySpec, QuantPolicy, SamplingSpec, TextSpec
 from . import family, text
 from .guidance import true_cfg_rule
+from .references import REFERENCES
 from .transformer import QwenImageTransformer, config_from_shapes
 
 SAMPLING = SamplingSpec(
@@ -35,4 +36,7 @@ SPEC = FamilySpec(
     timestep_scale=1.0,  # the network takes sigma itself
     quant=QuantPolicy(family.PRECISE_TENSORS, family.EIGHT_BIT_TENSORS),
     aspect_presets=family.ASPECT_PRESETS,
+    # The network's keywords for reference images (Qwen-Image-Edit); ComfyUI's QwenImage passes the same.
+    conditioning=ConditioningAdapter(reference_latents="ref_latents", reference_method="ref_latents_method"),
+    references=REFERENCES,
 )

@@ -33,7 +33,7 @@ import folder_paths
 from ...loaders.finite import check_finite
 from ...model_defs.families import FAMILIES
 from ...model_defs.guidance import as_sampler_cfg_function
-from ...model_defs.spec import FamilySpec
+from ...model_defs.spec import REFERENCE_LATENTS, REFERENCE_METHOD, FamilySpec
 from ..sampling_request import OVERFLOW_REMEDY, SamplingRequest
 from .comfy_bindings import BINDINGS, binding
 
@@ -95,6 +95,28 @@ def _cond_value(value):
     return comfy.conds.CONDRegular(value)
 
 
+def _reference_conds(model, spec: FamilySpec, kwargs: dict, native_out: dict) -> dict:
+    """Reference images (ComfyUI's `reference_latents`) for a family whose native class does not pass them
+    (or that has none); where the native class already did (Qwen-Image), nothing. A family that takes no
+    reference images refuses them rather than sampling as if they were not there."""
+    import comfy.conds
+
+    adapter = spec.conditioning
+    if not kwargs.get(REFERENCE_LATENTS):
+        return {}
+    if adapter.reference_latents is None:
+        raise ValueError(f"{spec.display_name} takes no reference images, but the conditioning holds "
+                         f"{len(kwargs[REFERENCE_LATENTS])}: remove them (ReferenceLatent / edit nodes), or use an "
+                         f"edit model")
+    if adapter.reference_latents in native_out:
+        return {}
+    out = {adapter.reference_latents: comfy.conds.CONDList(
+        [model.process_latent_in(latent) for latent in kwargs[REFERENCE_LATENTS]])}
+    if kwargs.get(REFERENCE_METHOD) is not None and adapter.reference_method is not None:
+        out[adapter.reference_method] = comfy.conds.CONDConstant(kwargs[REFERENCE_METHOD])
+    return out
+
+
 def _model_class(spec: FamilySpec, sampling) -> type:
     """A subclass of ComfyUI's native model class for the family, building our network instead."""
     bound = binding(spec)
@@ -117,6 +139,7 @@ def _model_class(spec: FamilySpec, sampling) -> type:
             out = super().extra_conds(**kwargs)
             for name in spec.conditioning.inputs.values():
                 out.pop(name, None)
+            out.update(_reference_conds(self, spec, kwargs, out))
             if sampling.embedded_guidance and "guidance" not in kwargs:
                 kwargs["guidance"] = sampling.guidance_scale  # the variant's default, not ComfyUI's 6.0
             for name, value in spec.conditioning.network_inputs(kwargs).items():

@@ -29,6 +29,8 @@ def _network_inputs(family, conditioning, batch: int, device, dtype) -> dict:
         elif value.is_floating_point():
             value = value.to(dtype)
         inputs[name] = value.to(device)
+    for name, value in family.conditioning.reference_inputs(extras, family.latent_format).items():
+        inputs[name] = [latent.to(device, dtype) for latent in value] if isinstance(value, list) else value
     return inputs
 
 
