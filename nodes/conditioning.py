@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..model_defs.spec import REFERENCE_LATENTS
+from .common import log
+
 # MMDiTTextEncode marks each entry with the family it encoded for: families can share an encoder file
 # (Qwen-Image and HunyuanImage 2.1 both use Qwen2.5-VL-7B) but not its template and hidden layer.
 FAMILY_KEY = "mmdit_family"
@@ -37,3 +42,25 @@ def check_family(spec, families: dict, **conditionings) -> None:
                     f"the {name} conditioning was encoded for {other_name} (its prompt template and text "
                     f"encoders), but the model is {spec.display_name}: set the text encoder loader's family to "
                     f"{spec.display_name} (and load the encoders it lists).")
+
+
+def check_references(spec, model_path: str | None, **conditionings) -> None:
+    """Reference images reach only a family that takes them. Qwen-Image and its Edit models have the same
+    tensors, so a text-to-image file cannot be told from an edit one by its weights; its name is the only
+    hint, and a name without "edit" gets a warning (it samples, but will not follow the images)."""
+    counts = {name: max((len(extras.get(REFERENCE_LATENTS) or ()) for _, extras in conditioning), default=0)
+              for name, conditioning in conditionings.items()}
+    with_images = {name: count for name, count in counts.items() if count}
+    if not with_images:
+        return
+    if spec.references is None:
+        name, count = next(iter(with_images.items()))
+        raise ValueError(
+            f"the {name} conditioning holds {count} reference image{'s' if count > 1 else ''}, but "
+            f"{spec.display_name} models take none (they are text-to-image): encode the prompt with MMDiT Text "
+            f"Encode, or load an edit model and its family's text encoder")
+    file_name = Path(model_path).name if model_path else ""
+    if file_name and "edit" not in file_name.lower():
+        log.warning("%s: the conditioning has reference images, but the file name does not say it is an edit model. "
+                    "%s text-to-image and edit models have the same tensors, so this cannot be checked; a "
+                    "text-to-image model will not follow the reference images.", file_name, spec.display_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..model_defs.families import FAMILIES
 from ..model_defs.sampling import partial_schedule
 from .common import CATEGORY, log
-from .conditioning import check_family, check_text_width
+from .conditioning import check_family, check_references, check_text_width
 from .host import get_host
 from .sampling_request import SamplingRequest
 
@@ -126,6 +126,7 @@ class MMDiTSampler:
             )
         check_family(spec, FAMILIES, positive=positive, negative=negative)
         check_text_width(host, model, spec, positive=positive, negative=negative)
+        check_references(spec, host.model_path(model), positive=positive, negative=negative)
         sigmas = schedule(host, model, spec, scheduler, steps, latent.shape, denoise)
         rule = official.guidance if guidance == "official" else None
         if official.embedded_guidance:

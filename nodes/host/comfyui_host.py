@@ -356,6 +356,10 @@ class ComfyUIHost:
                 return bound.native_variant(base.diffusion_model)
         return None
 
+    def model_path(self, model) -> str | None:
+        """The diffusion model's file, where this pack loaded it (for messages); None for ComfyUI's loaders."""
+        return getattr(getattr(getattr(model, "model", None), "diffusion_model", None), "source_path", None)
+
     def network_config(self, model):
         """Our network's config; None for a network of ComfyUI's own loaders (no config recorded)."""
         return getattr(getattr(getattr(model, "model", None), "diffusion_model", None), "config", None)

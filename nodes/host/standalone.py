@@ -202,6 +202,10 @@ class StandaloneHost:
     def native_variant(self, model) -> None:
         return None  # every model here is the pack's own (its config says the variant)
 
+    def model_path(self, model) -> str:
+        """The diffusion model's file (for messages)."""
+        return model.path
+
     def network_config(self, model):
         """The diffusion network's config (widths the inputs must match)."""
         return model.network.config
