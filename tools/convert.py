@@ -17,6 +17,10 @@ final layer at full precision, per-block modulation at 8 bits at least); everyth
 type. The family is recorded in the file's metadata (GGUF: general.architecture; safetensors:
 "mmdit.family"). The source is checked against the network before anything is written.
 
+Empty marker tensors (Qwen-Image-Edit-2511's `__index_timestep_zero__`, also when a diffusers config.json
+states it as `"zero_cond_t": true`) are written as they are: zero-element tensors, F32 in GGUF, which the
+format holds (gguf-py writes and reads them, ggml accepts dimensions of 0) and ComfyUI-GGUF keeps.
+
 Tensors are read memory-mapped and written one at a time, so converting needs about one tensor's memory,
 not the model's.
 """
@@ -72,8 +76,12 @@ def source_tensors(checkpoint, identity) -> dict[str, tuple[tuple[int, ...], tor
     prefix = identity.prefix
     if identity.component == DIFFUSION_MODEL:
         weights = diffusion_model_weights(checkpoint, identity)
-        return {name: (tuple(shape), checkpoint.dtype(prefix + weights.plan[name].keys()[0]),
-                       lambda name=name: weights[name])
+
+        def stored_dtype(name):  # a marker a diffusers config.json states reads no file tensor: its own dtype
+            keys = weights.plan[name].keys()
+            return checkpoint.dtype(prefix + keys[0]) if keys else weights[name].dtype
+
+        return {name: (tuple(shape), stored_dtype(name), lambda name=name: weights[name])
                 for name, shape in weights.shapes.items()}
     return {key[len(prefix):]: (tuple(checkpoint.shape(key)), checkpoint.dtype(key), lambda key=key: checkpoint.tensor(key))
             for key in checkpoint.keys() if key.startswith(prefix)}

@@ -12,9 +12,10 @@ has one set of names. A `Layout` is a small table of rules, each written as two 
 
 The first rule whose file template matches a name applies; names no rule matches keep their name.
 `Layout.plan(shapes)` turns the file's {name: shape} into a plan {network name: Source}. A Source says
-how to read one network tensor (`Take`, `Rows`, `Concat`, `SwapHalves`, `Reshape`) and what its shape
-will be, without reading anything, so the loaders check every name and shape against the network before
-a byte is read. `LayoutStateDict` then reads each tensor when asked for it (views where possible, copies
+how to read one network tensor (`Take`, `Rows`, `Concat`, `SwapHalves`, `Reshape`; `Empty` for a marker
+that a diffusers config.json states as a flag, see `Layout.config_markers`) and what its shape will be,
+without reading anything, so the loaders check every name and shape against the network before a byte
+is read. `LayoutStateDict` then reads each tensor when asked for it (views where possible, copies
 only for Concat / SwapHalves). Quantized tensors (FP8, GGUF) go through the same operations: see
 tensor_ops.py for what stays quantized and why that is exact.
 """
@@ -138,6 +139,22 @@ class Reshape:
         return tensor_ops.reshape(self.source.read(tensor), self.to)
 
 
+@dataclass(frozen=True)
+class Empty:
+    """An empty tensor no file tensor backs: a marker the network registers as an empty buffer (ComfyUI's
+    Qwen-Image-Edit-2511 `__index_timestep_zero__`), which a file may say in other words instead (a
+    diffusers config.json flag; see Layout.config_markers). Shape (0,), float32 as ComfyUI stores it."""
+
+    def keys(self) -> tuple[str, ...]:
+        return ()
+
+    def shape(self, shapes) -> tuple[int, ...]:
+        return (0,)
+
+    def read(self, tensor) -> torch.Tensor:
+        return torch.empty(0, dtype=torch.float32)
+
+
 def _describe(source) -> str:
     return "+".join(source.keys())
 
@@ -223,6 +240,10 @@ class Layout:
     name: str
     rules: tuple[Rule, ...] = ()
     description: str = ""
+    # {key of the diffusers config.json beside the weights: network tensor name}: a flag that, when true,
+    # stands for an empty marker tensor the network has (loaders/layouts/__init__.py adds it as `Empty`),
+    # so a diffusers folder and a single file that carries the marker give the same state dict.
+    config_markers: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def match(self, key: str) -> tuple[Rule, dict] | None:
         for rule in self.rules:
