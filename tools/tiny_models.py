@@ -184,3 +184,145 @@ def tiny_qwen_vision_state_dict(config=None, seed: int = 0) -> dict[str, torch.T
     from ..model_defs.text_encoders import qwen25vl_vision
     model = qwen25vl_vision.build_vision_model(config or tiny_qwen_vision_config())
     return {"visual." + k: v for k, v in random_state_dict(model, seed, scale=0.1).items()}
+
+
+# --- llama.cpp's mmproj GGUF of the vision tower ----------------------------------------------------------
+# What convert_hf_to_gguf.py --mmproj writes for Qwen2.5-VL (MmprojModel + Qwen2VLVisionModel; the facts are
+# listed in loaders/layouts/llama_cpp_vision.py): names, the q/k/v and temporal patch splits, stored types
+# and metadata. general.file_type per output type (gguf's LlamaFileType).
+MMPROJ_FILE_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}
+_MMPROJ_RENAMES = [  # HF name (without visual.) -> GGUF name, after the splits
+    (r"blocks\.(\d+)\.attn\.proj\.", r"v.blk.\1.attn_out."), (r"blocks\.(\d+)\.norm1\.", r"v.blk.\1.ln1."),
+    (r"blocks\.(\d+)\.norm2\.", r"v.blk.\1.ln2."), (r"blocks\.(\d+)\.mlp\.gate_proj\.", r"v.blk.\1.ffn_gate."),
+    (r"blocks\.(\d+)\.mlp\.up_proj\.", r"v.blk.\1.ffn_up."),
+    (r"blocks\.(\d+)\.mlp\.down_proj\.", r"v.blk.\1.ffn_down."),
+    (r"merger\.ln_q\.", "v.post_ln."), (r"merger\.mlp\.(\d+)\.", r"mm.\1."),
+]
+
+
+def llama_cpp_mmproj_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{GGUF name: tensor} of a vision tower given in ComfyUI's names (`visual.*`, or the tower's own):
+    the patch embedding split into its two temporal slices (v.patch_embd.weight, v.patch_embd.weight.1),
+    each block's qkv split in q|k|v row order (attn_q/attn_k/attn_v), everything else renamed."""
+    import re
+
+    out = {}
+    for key, tensor in state_dict.items():
+        name = key[len("visual."):] if key.startswith("visual.") else key
+        if name == "patch_embed.proj.weight":
+            out["v.patch_embd.weight"], out["v.patch_embd.weight.1"] = tensor[:, :, 0], tensor[:, :, 1]
+            continue
+        qkv = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.(\w+)", name)
+        if qkv:
+            width = tensor.shape[0] // 3
+            for i, part in enumerate("qkv"):
+                out[f"v.blk.{qkv[1]}.attn_{part}.{qkv[2]}"] = tensor[i * width:(i + 1) * width]
+            continue
+        for pattern, replacement in _MMPROJ_RENAMES:
+            name, count = re.subn("^" + pattern, replacement, name)
+            if count:
+                break
+        else:
+            raise ValueError(f"not a vision-tower tensor: {key}")
+        out[name] = tensor
+    return out
+
+
+def mmproj_storage_type(name: str, shape, file_type: str) -> str:
+    """The GGML type llama.cpp's converter stores one mmproj tensor in: patch-embedding slices F16 in an
+    f16 file, else F32; 1-D tensors and *_norm.weight F32; other matrices the file's type, Q8_0 falling
+    back to F16 for rows that are not whole 32-value blocks."""
+    if name.startswith("v.patch_embd.weight"):
+        return "F16" if file_type == "F16" else "F32"
+    if len(shape) <= 1 or name.endswith("_norm.weight"):
+        return "F32"
+    if file_type == "Q8_0" and shape[-1] % 32:
+        return "F16"
+    return file_type
+
+
+def write_llama_cpp_mmproj(state_dict: dict[str, torch.Tensor], path, file_type: str = "F16",
+                           name: str | None = None, projector_type: str = "qwen2.5vl_merger",
+                           n_wa_pattern: int = 8, leave_out: tuple[str, ...] = ()) -> Path:
+    """A Qwen2.5-VL vision tower (ComfyUI's `visual.*` names, e.g. tiny_qwen_vision_state_dict) written as
+    llama.cpp's convert_hf_to_gguf.py --mmproj writes it, in `file_type` (F32, F16, BF16 or Q8_0).
+    projector_type / n_wa_pattern / leave_out (GGUF tensor names not written): to make foreign or damaged
+    files for tests."""
+    import gguf
+    import numpy as np
+
+    from ..model_defs.text_encoders import qwen25vl_vision
+    from ..model_defs.text_encoders.qwen_image_processor import CLIP_MEAN, CLIP_STD
+
+    if file_type not in MMPROJ_FILE_TYPES:
+        raise ValueError(f"llama.cpp writes mmproj files as {', '.join(MMPROJ_FILE_TYPES)}, not {file_type}")
+    shapes = {(k[len("visual."):] if k.startswith("visual.") else k): tuple(v.shape) for k, v in state_dict.items()}
+    config = qwen25vl_vision.config_from_shapes(shapes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch="clip")
+    writer.add_type("mmproj")
+    if name:
+        writer.add_name(name)
+    writer.add_file_type(MMPROJ_FILE_TYPES[file_type])
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_vision_projection_dim(config.out_hidden_size)
+    writer.add_vision_image_size(560)
+    writer.add_vision_patch_size(config.patch_size)
+    writer.add_vision_embedding_length(config.hidden_size)
+    writer.add_vision_feed_forward_length(config.intermediate_size)
+    writer.add_vision_block_count(config.depth)
+    writer.add_vision_head_count(config.num_heads)
+    writer.add_vision_image_mean(list(CLIP_MEAN))
+    writer.add_vision_image_std(list(CLIP_STD))
+    writer.add_clip_projector_type(projector_type)
+    writer.add_vision_use_silu(True)
+    writer.add_vision_n_wa_pattern(n_wa_pattern)
+    writer.add_vision_attention_layernorm_eps(1e-6)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for tensor_name, tensor in llama_cpp_mmproj_tensors(state_dict).items():
+        if tensor_name in leave_out:
+            continue
+        array = tensor.detach().float().contiguous().numpy()
+        qtype = gguf.GGMLQuantizationType[mmproj_storage_type(tensor_name, array.shape, file_type)]
+        writer.add_tensor(tensor_name, gguf.quants.quantize(np.ascontiguousarray(array), qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+_LLAMA_CPP_TEXT_RENAMES = [  # ComfyUI / transformers language-model names -> llama.cpp's (qwen2vl)
+    ("model.embed_tokens.", "token_embd."), ("model.norm.", "output_norm."), ("lm_head.", "output."),
+    ("model.layers.", "blk."), (".input_layernorm.", ".attn_norm."), (".post_attention_layernorm.", ".ffn_norm."),
+    (".self_attn.q_proj.", ".attn_q."), (".self_attn.k_proj.", ".attn_k."), (".self_attn.v_proj.", ".attn_v."),
+    (".self_attn.o_proj.", ".attn_output."), (".mlp.gate_proj.", ".ffn_gate."), (".mlp.up_proj.", ".ffn_up."),
+    (".mlp.down_proj.", ".ffn_down."),
+]
+
+
+def write_llama_cpp_text_encoder(state_dict: dict[str, torch.Tensor], path, file_type: str = "Q8_0") -> Path:
+    """A Qwen2.5-VL language model (tiny_qwen_text_state_dict's names) as llama.cpp writes it: its names,
+    architecture "qwen2vl", 1-D tensors F32, matrices in `file_type` (F16 or Q8_0, F16 where rows do not
+    fill Q8_0 blocks), and no vision tower (llama.cpp puts that in the mmproj file)."""
+    import gguf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch="qwen2vl")
+    for key, tensor in state_dict.items():
+        if key.startswith("visual."):
+            continue
+        name = key
+        for old, new in _LLAMA_CPP_TEXT_RENAMES:
+            name = name.replace(old, new)
+        array = tensor.detach().float().contiguous().numpy()
+        kind = "F32" if array.ndim <= 1 else ("F16" if file_type == "Q8_0" and array.shape[-1] % 32 else file_type)
+        qtype = gguf.GGMLQuantizationType[kind]
+        writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
