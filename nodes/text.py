@@ -10,7 +10,7 @@ import torch
 
 from ..loaders.finite import check_finite, is_finite, nonfinite_tensors
 from ..loaders.text_encoder import (
-    LoadedTextEncoder, build_text_encoder, build_vision_tower, read_text_encoder,
+    LoadedTextEncoder, build_text_encoder, build_vision_tower, locate_vision_tower, read_text_encoder,
     read_vision_tower,
 )
 from ..model_defs.families import FAMILIES, family_by_display_name
@@ -41,7 +41,7 @@ class TextEncoderHandle:
         next to a GGUF), the first time it is needed: text-to-image never pays for it."""
         if kind not in self.vision:
             host = get_host()
-            path = self.encoders[kind].path  # MERGE: locate_vision_tower
+            path = locate_vision_tower(self.encoders[kind].path, folders=host.model_folders("text_encoders"))
             loaded = build_vision_tower(read_vision_tower(path), operations=host.operations("text_encoder"))
             log.info("vision tower: %s from %s", loaded.description, path)
             self.vision[kind] = (loaded, host.manage(loaded.model, "text_encoder", host.module_dtype("text_encoder")))

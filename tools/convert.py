@@ -130,6 +130,8 @@ def _text_encoder_kind(family: str):
 def plan_tensors(checkpoint, identity, family_spec) -> list[Plan]:
     precise = family_spec.quant.precise_tensors if family_spec else ()
     eight_bit = family_spec.quant.eight_bit_tensors if family_spec else ()
+    if family_spec is None and _text_encoder_kind(identity.family) is not None:
+        eight_bit = _text_encoder_kind(identity.family).spec.eight_bit_tensors
     tables = lookup_tables(checkpoint, identity)
     plans = []
     for name, (shape, dtype, read) in source_tensors(checkpoint, identity).items():

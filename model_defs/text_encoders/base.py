@@ -25,3 +25,5 @@ class TextEncoderSpec:
     build: Callable[..., torch.nn.Module]
     # False when the pack has a tokenizer of its own for the kind (ByT5's bytes need no vocabulary file)
     needs_tokenizer_files: bool = True
+    # Name fragments of tensors the converter keeps at 8 bits at least (e.g. a vision tower in the same file)
+    eight_bit_tensors: tuple[str, ...] = ()

@@ -253,6 +253,10 @@ class ComfyUIHost:
                           if p.parent != root]
         return sorted(set(names))
 
+    def model_folders(self, kind: str) -> list[Path]:
+        """The existing folders of a model kind, in ComfyUI's search order (extra_model_paths.yaml included)."""
+        return [Path(folder) for folder in folder_paths.get_folder_paths(kind) if Path(folder).is_dir()]
+
     def full_path(self, kind: str, name: str) -> Path:
         path = folder_paths.get_full_path(kind, name)
         if path is None:

@@ -128,6 +128,10 @@ class StandaloneHost:
         searched = ", ".join(str(f) for f in self._folders(kind, existing=False))
         raise FileNotFoundError(f"{name} was not found in {searched}")
 
+    def model_folders(self, kind: str) -> list[Path]:
+        """The existing folders of a model kind ("text_encoders", ...), in search order."""
+        return self._folders(kind)
+
     def _folders(self, kind: str, existing: bool = True) -> list[Path]:
         folders = [root / sub for root in self.models_dirs for sub in FOLDERS[kind]]
         return [f for f in folders if f.is_dir()] if existing else folders
