@@ -21,7 +21,8 @@ POLICIES = ("official", "native")
 def rgb_frames(image: torch.Tensor, label: str) -> list[tuple[torch.Tensor, str | None]]:
     """A ComfyUI IMAGE ([B, H, W, C] or [H, W, C]) -> one [H, W, 3] frame per batch entry, with a note
     when channels were converted: grey-scale (1 channel) is repeated to RGB, an alpha channel (2 or 4
-    channels) is dropped as the official pipelines' `convert("RGB")` drops it."""
+    channels) is dropped as the official pipelines' `convert("RGB")` drops it. NaN or infinite pixels are
+    refused: clamping would keep a NaN, and the VAE would then report a NaN latent as its own overflow."""
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
         raise ValueError(f"{label} is not an image: expected an IMAGE [batch, height, width, channels], got "
                          f"{type(image).__name__}{list(image.shape) if isinstance(image, torch.Tensor) else ''}")
@@ -40,6 +41,10 @@ def rgb_frames(image: torch.Tensor, label: str) -> list[tuple[torch.Tensor, str 
         raise ValueError(f"{label} has {channels} channels; expected RGB (3), RGBA (4) or grey-scale (1)")
     if frames.shape[0] == 0:
         raise ValueError(f"{label} is an empty batch")
+    bad = (~torch.isfinite(frames)).sum().item() if frames.is_floating_point() else 0
+    if bad:
+        raise ValueError(f"{label} has {bad} NaN or infinite pixel value{'s' if bad > 1 else ''} (of "
+                         f"{frames.numel()}): the node that made the image failed; fix or replace it")
     return [(frame.float().clamp(0, 1), note) for frame in frames]
 
 
@@ -52,18 +57,27 @@ def official_pixels(image: torch.Tensor, width: int, height: int) -> torch.Tenso
     return (levels.float() / 255.0).permute(1, 2, 0).to(image.device)
 
 
-def native_crop(width: int, height: int, cell: int) -> tuple[int, int, int, int]:
-    """(left, top, new width, new height): the centred window of whole `cell`-pixel cells."""
-    new_width, new_height = width // cell * cell, height // cell * cell
-    if new_width < cell or new_height < cell:
+def check_size(width: int, height: int, cell: int) -> None:
+    """ValueError for an image with a side shorter than one `cell` (under either policy: the native one would
+    crop it to nothing, the official one would blow a sliver up to a megapixel)."""
+    if width < cell or height < cell:
         raise ValueError(f"an image of {width}x{height} pixels is smaller than one latent cell ({cell}x{cell} "
                          f"pixels): it cannot be a reference image")
+
+
+def native_crop(width: int, height: int, cell: int) -> tuple[int, int, int, int]:
+    """(left, top, new width, new height): the centred window of whole `cell`-pixel cells."""
+    check_size(width, height, cell)
+    new_width, new_height = width // cell * cell, height // cell * cell
     return (width - new_width) // 2, (height - new_height) // 2, new_width, new_height
 
 
 def prepare(frame: torch.Tensor, policy: str, official_size, cell: int) -> tuple[torch.Tensor, str | None]:
     """One RGB frame -> (the VAE path's pixels, a note on what changed) under the size policy."""
     height, width = frame.shape[:2]
+    if policy not in POLICIES:
+        raise ValueError(f"unknown resolution policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    check_size(width, height, cell)
     if policy == "official":
         new_width, new_height = official_size(width, height)
         if min(new_width, new_height) < cell:
@@ -72,9 +86,7 @@ def prepare(frame: torch.Tensor, policy: str, official_size, cell: int) -> tuple
         note = None if (new_width, new_height) == (width, height) else \
             f"{width}x{height} rescaled to {new_width}x{new_height} (official)"
         return official_pixels(frame, new_width, new_height), note
-    if policy == "native":
-        left, top, new_width, new_height = native_crop(width, height, cell)
-        note = None if (new_width, new_height) == (width, height) else \
-            f"{width}x{height} cropped to {new_width}x{new_height} (whole {cell}-pixel cells, centred)"
-        return frame[top:top + new_height, left:left + new_width], note
-    raise ValueError(f"unknown resolution policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    left, top, new_width, new_height = native_crop(width, height, cell)
+    note = None if (new_width, new_height) == (width, height) else \
+        f"{width}x{height} cropped to {new_width}x{new_height} (whole {cell}-pixel cells, centred)"
+    return frame[top:top + new_height, left:left + new_width], note
