@@ -14,7 +14,7 @@ import torch
 
 from ..loaders.finite import is_finite
 from ..model_defs.families import FAMILIES
-from ..model_defs.reference_images import POLICIES, prepare, rgb_frames
+from ..model_defs.reference_images import POLICIES, check_size, prepare, rgb_frames
 from ..model_defs.spec import REFERENCE_LATENTS, REFERENCE_METHOD
 from .common import CATEGORY, log
 from .conditioning import FAMILY_KEY
@@ -94,14 +94,19 @@ class MMDiTReferenceImages:
         if vae.loaded.family != spec.name:
             raise ValueError(f"the VAE is {vae.loaded.description}, but the text encoder is loaded for "
                              f"{spec.display_name}: load the {spec.display_name} VAE")
+        if resolution not in POLICIES:
+            raise ValueError(f"unknown resolution {resolution!r}; expected one of {', '.join(POLICIES)}")
         frames = _frames(image, more_images)
         if len(frames) > choice.max_images:
             raise ValueError(f"{choice.label} takes at most {choice.max_images} reference image"
                              f"{'s' if choice.max_images > 1 else ''}, got {len(frames)} "
                              f"({', '.join(label for _, _, label in frames)})")
+        for frame, _, label in frames:  # before seconds of resampling and encoding the other images
+            _about(label, check_size, frame.shape[1], frame.shape[0], spec.size_multiple)
         pixels, vision_images = [], []
         for frame, note, label in frames:
-            prepared, size_note = prepare(frame, resolution, references.official_size, spec.size_multiple)
+            prepared, size_note = _about(label, prepare, frame, resolution, references.official_size,
+                                         spec.size_multiple)
             for message in (note, size_note):
                 if message:
                     log.info("%s: %s", label, message)
@@ -151,6 +156,15 @@ def _reference_model(spec, label: str):
         where = f"a {owner.display_name} model" if owner else "not a model this pack knows"
         raise ValueError(f"model {label!r} is {where}, but the text encoder is loaded for {spec.display_name}; "
                          f"its edit models are: {', '.join(m.label for m in spec.references.models)}") from None
+
+
+def _about(label: str, function, *args):
+    """function(*args), a ValueError from it prefixed with the image it is about (the size checks know only
+    the image's size)."""
+    try:
+        return function(*args)
+    except ValueError as error:
+        raise ValueError(f"{label}: {error}") from None
 
 
 def _frames(image, more_images: dict) -> list[tuple[torch.Tensor, str | None, str]]:
