@@ -123,8 +123,9 @@ class ReferenceSpec:
     """How a family conditions on reference images: its models, the official image size and the prompt
     encoding that reads the images too.
 
-    encode(encoders {kind: LoadedTextEncoder}, vision (a vision tower or None), prompt, images [list of
-    [H, W, 3] in 0..1], model: ReferenceModel, device, dtype) -> (context [1, L, D], extras).
+    encode(encoders {kind: LoadedTextEncoder}, vision (a vision tower or None), prompts [list of str], images
+    [list of [H, W, 3] in 0..1], model: ReferenceModel, device, dtype) -> [(context [1, L, D], extras)] per
+    prompt (the positive and negative prompts together, so the images are read once)
     official_size(width, height) -> (width, height) of the VAE path in the official pipeline.
     vision_encoder: the kind of text encoder whose file holds the vision tower the prompt encoding needs
     (None: the images reach the network through the VAE only)."""

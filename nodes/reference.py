@@ -107,9 +107,10 @@ class MMDiTReferenceImages:
         for frame, note, label in frames:
             prepared, size_note = _about(label, prepare, frame, resolution, references.official_size,
                                          spec.size_multiple)
-            for message in (note, size_note):
-                if message:
-                    log.info("%s: %s", label, message)
+            if note:  # the conversion note names the image already
+                log.info("%s", note)
+            if size_note:
+                log.info("%s: %s", label, size_note)
             pixels.append(prepared)
             # The vision path resizes from what it is given as the pipeline does: the original image under the
             # official policy, the cropped one under the native policy (so text and latents see the same pixels).
@@ -126,10 +127,10 @@ class MMDiTReferenceImages:
             extras[REFERENCE_METHOD] = choice.method
         out = host.intermediate_device()
         conditionings = []
-        for text in (prompt, negative_prompt):
-            with torch.no_grad():
-                context, text_extras = references.encode(text_encoder.encoders, vision, text, vision_images, choice,
-                                                         device, dtype)
+        with torch.no_grad():
+            encoded = references.encode(text_encoder.encoders, vision, [prompt, negative_prompt], vision_images,
+                                        choice, device, dtype)
+        for context, text_extras in encoded:
             if not is_finite(context):
                 _explain_nonfinite(context, text_encoder.encoders.values(), f"(context, {dtype})")
             entry_extras = {name: _to_host(value, out) for name, value in text_extras.items()}

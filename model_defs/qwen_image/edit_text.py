@@ -169,13 +169,27 @@ def encode_edit_prompt(text_model, vision_model, tokenizer, prompt: str, images:
     ValueError for a wrong number of images, an image that is not RGB, or a prompt whose text is longer
     than Qwen-Image's 1024 tokens after the template.
     """
+    return encode_edit_prompts(text_model, vision_model, tokenizer, [prompt], images, variant, device, dtype)[0]
+
+
+def encode_edit_prompts(text_model, vision_model, tokenizer, prompts: list[str], images: list[torch.Tensor],
+                        variant: str, device=None, dtype: torch.dtype | None = None
+                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """encode_edit_prompt for several prompts with the same images (a positive and a negative prompt): the
+    vision tower reads the images once."""
     spec = edit_variant(variant)
     images = list(images)
     check_image_count(len(images), spec)
-    check_prompt_length(tokenizer, prompt, len(images), variant)
+    for prompt in prompts:
+        check_prompt_length(tokenizer, prompt, len(images), variant)
     pixel_values, grid_thw = image_processor.preprocess(images, target_area=spec.vision_area)
-    return encode_preprocessed_edit_prompt(text_model, vision_model, tokenizer, prompt, pixel_values, grid_thw,
-                                           variant, device=device, dtype=dtype)
+    features = None
+    out = []
+    for prompt in prompts:
+        context, mask, features = _encode_with_features(text_model, vision_model, tokenizer, prompt, pixel_values,
+                                                        grid_thw, variant, device, dtype, features)
+        out.append((context, mask))
+    return out
 
 
 def check_prompt_length(tokenizer, prompt: str, image_count: int, variant: str) -> int:
@@ -194,6 +208,14 @@ def encode_preprocessed_edit_prompt(text_model, vision_model, tokenizer, prompt:
                                     dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """encode_edit_prompt for images already preprocessed (qwen_image_processor.preprocess's, or the
     official processor's, pixel_values and grid_thw, one grid row per image in prompt order)."""
+    context, mask, _ = _encode_with_features(text_model, vision_model, tokenizer, prompt, pixel_values, grid_thw,
+                                             variant, device, dtype)
+    return context, mask
+
+
+def _encode_with_features(text_model, vision_model, tokenizer, prompt, pixel_values, grid_thw, variant, device,
+                          dtype, features=None):
+    """(context, mask, image features): the features are computed when not given (and returned for reuse)."""
     image_count = grid_thw.shape[0]
     check_image_count(image_count, edit_variant(variant))
     check_prompt_length(tokenizer, prompt, image_count, variant)
@@ -210,7 +232,8 @@ def encode_preprocessed_edit_prompt(text_model, vision_model, tokenizer, prompt:
     embeddings = text_model.embed_tokens(ids)
     if dtype is not None:
         embeddings = embeddings.to(dtype)
-    features = vision.encode_images(vision_model, pixel_values, grid_thw, dtype=embeddings.dtype)
+    if features is None:
+        features = vision.encode_images(vision_model, pixel_values, grid_thw, dtype=embeddings.dtype)
     image_rows = (ids[0] == image_token_id).nonzero().squeeze(1)
     embeddings = embeddings.clone()
     embeddings[0, image_rows] = features.to(device=device, dtype=embeddings.dtype)
@@ -218,4 +241,4 @@ def encode_preprocessed_edit_prompt(text_model, vision_model, tokenizer, prompt:
     mask = torch.ones_like(ids)
     hidden = text_model(inputs_embeds=embeddings, attention_mask=mask, position_ids=positions[:, None].to(device),
                         use_cache=False).last_hidden_state
-    return hidden[:, template_drop(tokenizer):], None
+    return hidden[:, template_drop(tokenizer):], None, features

@@ -17,7 +17,7 @@ import torch
 from ..spec import ReferenceModel, ReferenceSpec
 from .edit import DEFAULT_METHOD, ZERO_COND_METHOD
 from .edit_sizes import VAE_AREA, area_size
-from .edit_text import VARIANTS, encode_edit_prompt
+from .edit_text import VARIANTS, encode_edit_prompts
 
 PLUS = VARIANTS["edit_plus"]
 
@@ -30,13 +30,14 @@ MODELS = (
 )
 
 
-def encode(encoders: dict, vision, prompt: str, images: list[torch.Tensor], model: ReferenceModel, device,
-           dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
-    """The edit prompt read together with its images by Qwen2.5-VL (one prompt: no padding, no mask)."""
+def encode(encoders: dict, vision, prompts: list[str], images: list[torch.Tensor], model: ReferenceModel, device,
+           dtype: torch.dtype) -> list[tuple[torch.Tensor, dict]]:
+    """Each edit prompt read together with the images by Qwen2.5-VL (the tower reads the images once; one
+    prompt has no padding, so no mask)."""
     qwen = encoders["qwen25_vl"]
-    context, _ = encode_edit_prompt(qwen.model, vision, qwen.tokenizer, prompt, images, model.variant,
-                                    device=device, dtype=dtype)
-    return context, {}
+    encoded = encode_edit_prompts(qwen.model, vision, qwen.tokenizer, prompts, images, model.variant,
+                                  device=device, dtype=dtype)
+    return [(context, {}) for context, _ in encoded]
 
 
 def official_size(width: int, height: int) -> tuple[int, int]:
