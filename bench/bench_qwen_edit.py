@@ -46,8 +46,8 @@ mixed (1x 1:1, 0.5x 4:3, 2x 9:16), three_double (2x 1:1 each: three 2 MP inputs,
 can give), one_2511 (one, with Edit-2511's timestep-zero modulation of the reference tokens).
 Prints a table and, last, one JSON line with every figure. Never asserts on time.
 
-    .venv/bin/python bench/bench_qwen_edit.py [CASE ...] [--repeats N]             # CPU, about 5 minutes
-    .venv/bin/python bench/bench_qwen_edit.py --device cuda [--layers 4] [CASE ...]  # GPU
+    .venv/bin/python bench/bench_qwen_edit.py [CASE ...] [--repeats N]   # CPU, 6-9 minutes on 2 cores
+    .venv/bin/python bench/bench_qwen_edit.py --device cuda [--layers 4] [CASE ...]   # GPU, seconds
 """
 
 from __future__ import annotations
