@@ -47,7 +47,7 @@ can give), one_2511 (one, with Edit-2511's timestep-zero modulation of the refer
 Prints a table and, last, one JSON line with every figure. Never asserts on time.
 
     .venv/bin/python bench/bench_qwen_edit.py [CASE ...] [--repeats N]   # CPU, 6-9 minutes on 2 cores
-    .venv/bin/python bench/bench_qwen_edit.py --device cuda [--layers 4] [CASE ...]   # GPU, seconds
+    .venv/bin/python bench/bench_qwen_edit.py --device cuda [--layers 4] [CASE ...]   # GPU, about a minute
 """
 
 from __future__ import annotations
