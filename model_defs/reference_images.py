@@ -2,8 +2,8 @@
 size policies.
 
 - official: the official pipeline's rescale (a family's ReferenceSpec.official_size), resampled the way it
-  resamples: PIL's Lanczos on 8-bit levels (diffusers' VaeImageProcessor on a PIL image), reproduced
-  exactly by qwen_image_processor.pil_resize.
+  resamples: Pillow's Lanczos on 8-bit levels (diffusers' VaeImageProcessor on a PIL image), through
+  Pillow itself (qwen_image_processor.pil_resize), so the pixels are the official path's.
 - native: the image's own pixels, centre-cropped to whole cells of the family's size step (Qwen-Image: 16
   pixels, one 2x2 patch of 8x VAE cells). Nothing is resampled, so the latent grid lies on the input's
   pixel grid and an edit that changes nothing keeps every pixel where it was.

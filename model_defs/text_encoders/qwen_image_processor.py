@@ -1,4 +1,4 @@
-"""Qwen2.5-VL image preprocessing for the vision tower, in torch, on ComfyUI IMAGE tensors [B, H, W, 3] in 0..1.
+"""Qwen2.5-VL image preprocessing for the vision tower, on ComfyUI IMAGE tensors [B, H, W, 3] in 0..1.
 
 What the official path does, and what this mirrors step by step:
 1. diffusers' Qwen-Image-Edit pipelines first resize the (PIL) image with their VaeImageProcessor (PIL
@@ -11,19 +11,18 @@ What the official path does, and what this mirrors step by step:
    temporal frames, flattened as (channel, frame, y, x), and the rows ordered so that every 2x2 group of
    patches the merger fuses is contiguous. grid_thw = (1, H/14, W/14) per image.
 
-Resizing is PIL's own algorithm written in torch (`pil_resize`): the same filter weights, the same 8-bit
-fixed-point coefficients, the same rounding after the horizontal and after the vertical pass. An image
-whose values are multiples of 1/255 (what ComfyUI's image loader gives) is therefore treated exactly as the
-PIL image it came from: the tests find pixel_values equal to transformers' processor (PIL backend) to
-1e-6, bit-identical where the resize is one-sided or none, since the rescale and normalisation follow
-transformers' arithmetic (x * (1/255) in float64, stored float32, normalised in float32); when both sides
-are resized, Pillow may run its passes in the other order (tests/test_qwen25vl_vision.py). Values between the 8-bit levels are rounded to them first, as converting to a PIL image would.
+Resizing is Pillow's own (`pil_resize`), on the 8-bit levels a PIL image holds: an image whose values are
+multiples of 1/255 (what ComfyUI's image loader gives) is treated exactly as the PIL image it came from, and
+values between the levels are rounded to them first, as converting to a PIL image would. The rescale and
+normalisation follow transformers' arithmetic (x * (1/255) in float64, stored float32, normalised in
+float32), so pixel_values come out bit-identical to transformers' processor (PIL backend).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 # OpenAI CLIP's normalisation (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
@@ -67,68 +66,24 @@ def smart_resize(height: int, width: int, factor: int = PATCH_SIZE * MERGE_SIZE,
     return h_bar, w_bar
 
 
-# --- PIL's resampling in torch ------------------------------------------------------------------------------
-def _bicubic(x: torch.Tensor) -> torch.Tensor:
-    a = -0.5  # PIL's bicubic
-    x = x.abs()
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
-
-
-def _sinc(x: torch.Tensor) -> torch.Tensor:
-    safe = torch.where(x == 0, torch.ones_like(x), x)
-    return torch.where(x == 0, torch.ones_like(x), torch.sin(math.pi * safe) / (math.pi * safe))
-
-
-def _lanczos(x: torch.Tensor) -> torch.Tensor:
-    return torch.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3.0), torch.zeros_like(x))
-
-
-FILTERS = {"bicubic": (_bicubic, 2.0), "lanczos": (_lanczos, 3.0)}
-PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point coefficients for 8-bit images
-
-
-def _coefficients(in_size: int, out_size: int, filter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """PIL's precompute_coeffs + normalize_coeffs_8bpc: per output pixel, the first input index and the
-    integer tap weights (scaled by 2**PRECISION_BITS), as (index [out, k], weight [out, k] float64)."""
-    kernel, support = FILTERS[filter_name]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = support * filterscale
-    taps = int(math.ceil(support)) * 2 + 1
-    centers = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
-    first = (centers - support + 0.5).trunc().clamp(min=0)  # C's (int) cast, then PIL's clamp at 0
-    last = (centers + support + 0.5).trunc().clamp(max=in_size)
-    offsets = torch.arange(taps, dtype=torch.float64)
-    positions = first[:, None] + offsets[None, :]
-    inside = positions < last[:, None]
-    weights = kernel((positions - centers[:, None] + 0.5) * (1.0 / filterscale)) * inside
-    totals = weights.sum(dim=1, keepdim=True)
-    weights = torch.where(totals != 0, weights / torch.where(totals != 0, totals, 1.0), weights)
-    fixed = torch.where(weights < 0, weights * (1 << PRECISION_BITS) - 0.5, weights * (1 << PRECISION_BITS) + 0.5)
-    index = positions.long().clamp(max=in_size - 1)
-    return index, fixed.trunc() * inside
-
-
-def _resample_last_axis(levels: torch.Tensor, out_size: int, filter_name: str) -> torch.Tensor:
-    """One of PIL's passes along the last axis of 8-bit levels (float64 holding integers): the fixed-point
-    sum, PIL's half offset, an arithmetic shift and the clip to 0..255."""
-    index, weight = _coefficients(levels.shape[-1], out_size, filter_name)
-    gathered = levels[..., index]  # [..., out, taps]
-    total = (gathered * weight).sum(-1) + (1 << (PRECISION_BITS - 1))
-    return torch.floor(total / (1 << PRECISION_BITS)).clamp(0, 255)
+# --- resampling ----------------------------------------------------------------------------------------------
+PIL_FILTERS = {"bicubic": "BICUBIC", "lanczos": "LANCZOS"}
 
 
 def pil_resize(levels: torch.Tensor, height: int, width: int, filter_name: str) -> torch.Tensor:
     """PIL `Image.resize((width, height), filter)` of an 8-bit RGB image given as levels 0..255 in a
-    float64 tensor [..., H, W] (channels first): horizontal pass first, then vertical, each rounded to
-    8 bits, a pass skipped where that side keeps its size (as PIL does)."""
-    if levels.shape[-1] != width:
-        levels = _resample_last_axis(levels, width, filter_name)
-    if levels.shape[-2] != height:
-        levels = _resample_last_axis(levels.transpose(-1, -2), height, filter_name).transpose(-1, -2)
-    return levels
+    float64 tensor [3, H, W] (channels first), returned the same way.
+
+    Pillow itself does the work, because the official pipelines hand it PIL images: its fixed-point filters
+    and the order of its two passes (which recent versions choose per size) then agree with the official
+    path on the same machine, pixel for pixel."""
+    from PIL import Image
+
+    if tuple(levels.shape[-2:]) == (height, width):
+        return levels
+    array = levels.to("cpu", torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    resized = Image.fromarray(array).resize((width, height), getattr(Image.Resampling, PIL_FILTERS[filter_name]))
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).to(torch.float64)
 
 
 # --- the processor ------------------------------------------------------------------------------------------
