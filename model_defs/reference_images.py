@@ -16,6 +16,8 @@ import torch
 from .text_encoders.qwen_image_processor import pil_resize
 
 POLICIES = ("official", "native")
+# A native-size image this many times the official area gets a warning in its note.
+LARGE_NATIVE = 4
 
 
 def rgb_frames(image: torch.Tensor, label: str) -> list[tuple[torch.Tensor, str | None]]:
@@ -90,3 +92,15 @@ def prepare(frame: torch.Tensor, policy: str, official_size, cell: int) -> tuple
     note = None if (new_width, new_height) == (width, height) else \
         f"{width}x{height} cropped to {new_width}x{new_height} (whole {cell}-pixel cells, centred)"
     return frame[top:top + new_height, left:left + new_width], note
+
+
+def large_size_warning(width: int, height: int, official_size) -> str | None:
+    """A warning for a native-size image far larger than the official size (not refused: a large card may
+    want it, but every step attends over all of its tokens, and the model was trained near that size)."""
+    official_width, official_height = official_size(width, height)
+    ratio = width * height / (official_width * official_height)
+    if ratio <= LARGE_NATIVE:
+        return None
+    return (f"{width}x{height} is {ratio:.1f}x the area the model was trained at ({official_width}x"
+            f"{official_height}): sampling is much slower and may drift; downscale the image or use the official "
+            f"resolution if this is not meant")

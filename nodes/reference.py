@@ -14,7 +14,7 @@ import torch
 
 from ..loaders.finite import is_finite
 from ..model_defs.families import FAMILIES
-from ..model_defs.reference_images import POLICIES, check_size, prepare, rgb_frames
+from ..model_defs.reference_images import POLICIES, check_size, large_size_warning, prepare, rgb_frames
 from ..model_defs.spec import REFERENCE_LATENTS, REFERENCE_METHOD
 from .common import CATEGORY, log
 from .conditioning import FAMILY_KEY
@@ -111,6 +111,10 @@ class MMDiTReferenceImages:
                 log.info("%s", note)
             if size_note:
                 log.info("%s: %s", label, size_note)
+            if resolution == "native":
+                warning = large_size_warning(prepared.shape[1], prepared.shape[0], references.official_size)
+                if warning:
+                    log.warning("%s: %s", label, warning)
             pixels.append(prepared)
             # The vision path resizes from what it is given as the pipeline does: the original image under the
             # official policy, the cropped one under the native policy (so text and latents see the same pixels).

@@ -284,3 +284,13 @@ def test_reference_latents_reaching_a_text_to_image_model_are_refused(qwen, huny
     spec = FAMILIES["hunyuan_image"]
     with pytest.raises(ValueError, match=r"takes no reference images.*use .*edit"):
         spec.conditioning.reference_inputs(positive[0][1], spec.latent_format)
+
+
+def test_native_size_far_above_the_trained_area_is_warned_about():
+    from comfyui_mmdit.model_defs.qwen_image.references import official_size
+    from comfyui_mmdit.model_defs.reference_images import large_size_warning
+
+    assert large_size_warning(1024, 1024, official_size) is None
+    assert large_size_warning(2048, 2048, official_size) is None  # 4x: still quiet
+    warning = large_size_warning(4032, 3024, official_size)
+    assert "11.5x the area the model was trained at (1184x896)" in warning
