@@ -16,7 +16,7 @@ import torch
 from .text_encoders.qwen_image_processor import pil_resize
 
 POLICIES = ("official", "native")
-# A native-size image this many times the official area gets a warning in its note.
+# A native-size image over this many times the official area gets a warning (large_size_warning).
 LARGE_NATIVE = 4
 
 
