@@ -112,3 +112,28 @@ def test_ui_twin_is_up_to_date(path):
     """The UI workflow is generated from the API one (python cli.py ui-workflows): they never drift."""
     twin = ui_twin(path)
     assert json.loads(twin.read_text()) == api_to_ui(json.loads(path.read_text()), NODE_CLASS_MAPPINGS)
+
+
+@pytest.mark.parametrize("name, images, resolution", [("qwen_image_edit", 1, "native"),
+                                                      ("qwen_image_edit_multi", 3, "official")])
+def test_edit_workflows_use_the_official_settings_and_the_published_files(name, images, resolution):
+    """The diffusers Edit pipelines' defaults (50 steps, true CFG 4.0 with a one-space negative prompt), the
+    Comfy-Org file names, and each image on its own socket (the prompt naming Picture N for several)."""
+    workflow = json.loads((ROOT / "workflows" / "api" / f"{name}.api.json").read_text())
+    by_type = {}
+    for node_id, node in workflow.items():
+        by_type.setdefault(node["class_type"], []).append((node_id, node["inputs"]))
+    (_, sampler), = by_type["MMDiTSampler"]
+    assert {k: sampler[k] for k in ("steps", "cfg", "scheduler", "guidance")} == {
+        "steps": 50, "cfg": 4.0, "scheduler": "official", "guidance": "official"}
+    (_, reference), = by_type["MMDiTReferenceImages"]
+    assert reference["negative_prompt"] == " " and reference["resolution"] == resolution
+    assert reference["model"] == "Qwen-Image-Edit-2509 / 2511 (from the model file)"
+    sockets = ["image", "image_2", "image_3"][:images]
+    loads = [node_id for node_id, _ in by_type["LoadImage"]]
+    assert [reference[s][0] for s in sockets] == loads and not set(reference) & {"image_2", "image_3"} - set(sockets)
+    assert images == 1 or all(f"Picture {i}" in reference["prompt"] for i in range(1, images + 1))
+    assert [sampler[k][0] for k in ("positive", "negative", "latent_image")] == [by_type["MMDiTReferenceImages"][0][0]] * 3
+    assert by_type["MMDiTModelLoader"][0][1]["model_name"] == "qwen_image_edit_2511_bf16.safetensors"
+    assert by_type["MMDiTTextEncoderLoader"][0][1]["text_encoder_name"] == "qwen_2.5_vl_7b.safetensors"
+    assert by_type["MMDiTVAELoader"][0][1]["vae_name"] == "qwen_image_vae.safetensors"
