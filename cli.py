@@ -38,7 +38,9 @@ tokenizers (never downloaded), searched in this order:
 
 demo mode: --demo runs tiny random-weight stand-ins for the model files that are missing (real files that
 are present are used, and a damaged one is an error, never replaced). With no model file present at all
-the run is a demo by itself. Its images are a pipeline check, not a picture.
+the run is a demo by itself. Its images are a pipeline check, not a picture. In a demo, an input image a
+LoadImage node names that the --input folder lacks is replaced by a small generated stand-in (said in the
+banner), so the edit workflows run on a fresh clone.
 """
 
 
@@ -79,35 +81,42 @@ def run(args) -> int:
     from comfyui_mmdit.nodes.host.standalone import StandaloneHost
     from comfyui_mmdit.nodes.host.workflow_check import load_workflow, structure_problems
     from comfyui_mmdit.nodes.host.workflow_runner import run_workflow, runnable_nodes
-    from comfyui_mmdit.tools.demo import plan_model_files
+    from comfyui_mmdit.tools.demo import missing_input_images, plan_model_files
 
     device = _device(args.device)
     models = _models_folder(args.models)
     workflow = load_workflow(args.workflow)
     node_classes = runnable_nodes(nodes.NODE_CLASS_MAPPINGS)
     plan = plan_model_files(workflow, node_classes, models)
+    inputs = Path(args.input).absolute()
     # A workflow with broken nodes gets its problems reported, not a demo run.
-    demo = bool(plan.missing) and (args.demo or not plan.present) and not structure_problems(workflow, node_classes)
+    sound = not structure_problems(workflow, node_classes)
+    demo = bool(plan.missing) and (args.demo or not plan.present) and sound
+    # Input images the input folder lacks get generated stand-ins in a demo (or with --demo).
+    images = missing_input_images(workflow, inputs) if sound and (demo or args.demo) else []
     demo_dir = Path(args.demo_dir).absolute()
-    roots = [models]
+    roots, input_dirs = [models], [inputs]
     if demo:
         roots.append(_write_stand_ins(workflow, node_classes, plan, demo_dir))
-    set_host(StandaloneHost(models_dir=roots, device=device, input_dir=args.input))
-    _check(workflow, node_classes, plan, demo, models, args.workflow)
+    if images:
+        input_dirs.append(_write_stand_in_images(workflow, images, demo_dir))
+    set_host(StandaloneHost(models_dir=roots, device=device, input_dir=input_dirs))
+    _check(workflow, node_classes, plan, demo, models, args.workflow, inputs)
 
-    if demo:
-        _print_demo_banner(plan, models, demo_dir)
+    if demo or images:
+        _print_demo_banner(plan if demo else None, models, demo_dir, images, inputs)
     elif args.demo:
-        print("--demo: every model file the workflow names is present, so nothing is replaced")
+        print("--demo: every model file and input image the workflow names is present, so nothing is replaced")
     _show_pack_log()
     saved = run_workflow(workflow, nodes.NODE_CLASS_MAPPINGS, Path(args.output), source=args.workflow, checked=True)
     _print_outputs(saved, demo, Path(args.output))
     return 0
 
 
-def _check(workflow, node_classes, plan, demo: bool, models: Path, source: str) -> None:
+def _check(workflow, node_classes, plan, demo: bool, models: Path, source: str, inputs: Path) -> None:
     """Every problem of the workflow at once, missing model files among them (unless stand-ins replace them)."""
     from comfyui_mmdit.nodes.host.workflow_check import node_label, raise_problems, workflow_problems
+    from comfyui_mmdit.tools.demo import missing_input_images
 
     missing = [] if demo else plan.missing
     problems = workflow_problems(workflow, node_classes, skip_own_checks={f.node_id for f in missing})
@@ -116,6 +125,9 @@ def _check(workflow, node_classes, plan, demo: bool, models: Path, source: str) 
     notes = [] if not missing else [
         "Put the missing model files in place (see README), or pass --demo to run tiny random-weight "
         "stand-ins for them (a pipeline check, not a picture)."]
+    if problems and missing_input_images(workflow, inputs) and not demo:
+        notes.append(f"LoadImage reads images from the input folder {inputs} (--input DIR); put the images there, or "
+                     "pass --demo to run generated stand-ins for the missing ones.")
     raise_problems(problems, node_classes, source, notes)
 
 
@@ -144,24 +156,43 @@ def _write_stand_ins(workflow, node_classes, plan, demo_dir: Path) -> Path:
     return prepare_demo_models(workflow, node_classes, demo_dir, only=plan.missing)
 
 
-def _print_demo_banner(plan, models: Path, demo_dir: Path) -> None:
+def _write_stand_in_images(workflow, images, demo_dir: Path) -> Path:
+    from comfyui_mmdit.tools.demo import write_stand_in_images
+
+    return write_stand_in_images(images, demo_dir / "input", workflow)
+
+
+def _print_demo_banner(plan, models: Path, demo_dir: Path, images=(), inputs: Path | None = None) -> None:
+    """What demo mode replaced: model files (plan None: none) and input images."""
     print("=" * 78)
-    if plan.present:
+    if plan is None:
+        print(f"DEMO MODE (--demo): every model file is present, but {len(images)} input image"
+              f"{'s are' if len(images) > 1 else ' is'} missing from {inputs}")
+    elif plan.present:
         print(f"DEMO MODE (--demo): {len(plan.missing)} of the workflow's {plan.needed} model files are missing "
               f"from {models}")
     else:
         print(f"DEMO MODE: none of the workflow's model files were found in {models}")
-    print("Tiny RANDOM-WEIGHT stand-ins with the real structure replace these files:")
-    for f in plan.missing:
-        print(f"  {f.folder}/{f.name}  (stand-in: {demo_dir / f.folder / f.name})")
-    if plan.present:
-        print("These real files are used as found:")
-        for f, path in plan.present:
-            print(f"  {f.folder}/{f.name}  ({path})")
-        print("Stand-ins are tiny networks: a stand-in text encoder does not fit a full-size real diffusion model "
-              "(nor the reverse), and the sampler stops with an error saying so.")
-    print("The image it writes is a PIPELINE CHECK, NOT A PICTURE (it will look like noise).")
-    print("Put the real files in the models folder (see README) to generate a real image.")
+    if plan is not None:
+        print("Tiny RANDOM-WEIGHT stand-ins with the real structure replace these files:")
+        for f in plan.missing:
+            print(f"  {f.folder}/{f.name}  (stand-in: {demo_dir / f.folder / f.name})")
+        if plan.present:
+            print("These real files are used as found:")
+            for f, path in plan.present:
+                print(f"  {f.folder}/{f.name}  ({path})")
+            print("Stand-ins are tiny networks: a stand-in text encoder does not fit a full-size real diffusion "
+                  "model (nor the reverse), and the sampler stops with an error saying so.")
+    if images:
+        print(f"GENERATED stand-in images (coloured shapes, not your pictures) replace the input images missing "
+              f"from {inputs}:")
+        for image in images:
+            print(f"  {image.name}  (stand-in: {demo_dir / 'input' / image.name})")
+    if plan is not None:
+        print("The image it writes is a PIPELINE CHECK, NOT A PICTURE (it will look like noise).")
+        print("Put the real files in the models folder (see README) to generate a real image.")
+    if images:
+        print(f"Put your own images in {inputs} (or pass --input DIR) under the names above to edit them.")
     print("=" * 78, flush=True)
 
 
@@ -249,7 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--device", default=None,
                             help="cpu, cuda, cuda:N or mps (default: MMDIT_DEVICE, else cuda if available, else cpu)")
     run_parser.add_argument("--demo", action="store_true",
-                            help="run tiny random-weight stand-ins for the model files that are missing")
+                            help="run tiny random-weight stand-ins for the model files that are missing (and "
+                                 "generated stand-ins for missing input images)")
     run_parser.add_argument("--demo-dir", default=str(ROOT / "demo_models"), help=argparse.SUPPRESS)
     run_parser.set_defaults(func=run)
     ui_parser = commands.add_parser("ui-workflows", parents=[common],

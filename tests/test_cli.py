@@ -479,3 +479,127 @@ def test_load_image_is_comfyuis(tmp_path):
         assert mask.shape == (1, 64, 64) and not mask.any()
     finally:
         set_host(None)
+
+
+# --- the edit workflows headless: input images, and stand-ins for missing ones in demo mode ---------------
+EDIT = ROOT / "workflows" / "api" / "qwen_image_edit.api.json"
+EDIT_MULTI = ROOT / "workflows" / "api" / "qwen_image_edit_multi.api.json"
+EDIT_DIT = ("diffusion_models", "qwen_image_edit_2511_bf16.safetensors")
+
+
+def edit_workflow_file(tmp_path, shipped, resolution=None, name="edit.api.json"):
+    """A shipped edit workflow at 2 steps (and the resolution policy given: the multi-image one's official
+    policy rescales each image to about a megapixel, too slow for a test on tiny CPU models)."""
+    workflow = json.loads(shipped.read_text())
+    (reference,) = [n for n in workflow.values() if n["class_type"] == "MMDiTReferenceImages"]
+    (sampler,) = [n for n in workflow.values() if n["class_type"] == "MMDiTSampler"]
+    sampler["inputs"]["steps"] = 2
+    if resolution:
+        reference["inputs"]["resolution"] = resolution
+    path = tmp_path / name
+    path.write_text(json.dumps(workflow))
+    return path
+
+
+def run_edit(capsys, tmp_path, workflow, models, inputs, *extra):
+    return run(capsys, tmp_path, workflow, models, "--input", str(inputs), *extra)
+
+
+def saved_size(tmp_path, prefix):
+    from PIL import Image
+
+    (png,) = (tmp_path / "out" / "MMDiT").glob(f"{prefix}_*.png")
+    return Image.open(png).size
+
+
+def test_edit_workflow_on_a_fresh_clone_stands_in_for_its_model_files_and_its_image(tmp_path, capsys):
+    """No model file and no input image: the demo runs with tiny models and a generated image (200x136,
+    native policy: cropped to 192x128 whole 16-pixel cells), and the banner says both; nothing is written
+    into the input folder."""
+    (tmp_path / "models").mkdir()
+    inputs = tmp_path / "input"
+    code, out, err = run_edit(capsys, tmp_path, edit_workflow_file(tmp_path, EDIT), tmp_path / "models", inputs)
+    assert code == 0, err
+    assert "DEMO MODE: none of the workflow's model files were found" in out
+    assert "GENERATED stand-in images (coloured shapes, not your pictures) replace the input images missing " \
+           f"from {inputs}:" in out
+    assert f"edit_input.png  (stand-in: {tmp_path / 'demo' / 'input' / 'edit_input.png'})" in out
+    assert "PIPELINE CHECK, NOT A PICTURE" in out
+    assert "200x136 cropped to 192x128" in err
+    assert saved_size(tmp_path, "qwen_image_edit") == (192, 128)
+    assert not inputs.exists()
+
+
+def test_edit_workflow_in_demo_mode_reads_the_given_images(tmp_path, capsys):
+    """All three pictures given in --input (RGBA and grey scale, which LoadImage reads as RGB as ComfyUI
+    does, and RGB): the demo replaces only the model files, and the output takes the last picture's size
+    (2509/2511)."""
+    from PIL import Image
+
+    (tmp_path / "models").mkdir()
+    inputs = tmp_path / "pictures"
+    inputs.mkdir()
+    Image.new("RGBA", (96, 64), (200, 30, 30, 128)).save(inputs / "picture_1.png")
+    Image.new("L", (64, 64), 90).save(inputs / "picture_2.png")
+    Image.new("RGB", (80, 112), (20, 120, 200)).save(inputs / "picture_3.png")
+    workflow = edit_workflow_file(tmp_path, EDIT_MULTI, resolution="native")
+    code, out, err = run_edit(capsys, tmp_path, workflow, tmp_path / "models", inputs)
+    assert code == 0, err
+    assert "DEMO MODE" in out and "stand-in images" not in out and not (tmp_path / "demo" / "input").exists()
+    assert "3 reference images (native), output 80x112" in err
+    assert saved_size(tmp_path, "qwen_image_edit_multi") == (80, 112)
+
+
+def test_edit_workflow_in_demo_mode_stands_in_only_for_the_missing_images(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "models").mkdir()
+    inputs = tmp_path / "pictures"
+    inputs.mkdir()
+    Image.new("RGB", (48, 80), (20, 120, 200)).save(inputs / "picture_3.png")
+    workflow = edit_workflow_file(tmp_path, EDIT_MULTI, resolution="native")
+    code, out, err = run_edit(capsys, tmp_path, workflow, tmp_path / "models", inputs)
+    assert code == 0, err
+    assert "picture_1.png  (stand-in:" in out and "picture_2.png  (stand-in:" in out
+    assert "picture_3.png  (stand-in:" not in out
+    assert sorted(p.name for p in (tmp_path / "demo" / "input").iterdir()) == ["picture_1.png", "picture_2.png"]
+    assert saved_size(tmp_path, "qwen_image_edit_multi") == (48, 80)  # the given Picture 3 was read
+
+
+def test_missing_input_image_with_the_model_files_present(tmp_path, capsys, model_set):
+    """Real files present: a missing image is a problem of the check (with a hint), not a demo; --demo then
+    stands in for the image alone and says the models are real."""
+    models = models_with(tmp_path, model_set, TEXT_ENCODER, VAE)
+    shutil.copy(model_set / DIT[0] / DIT[1], models / EDIT_DIT[0] / EDIT_DIT[1])
+    inputs = tmp_path / "pictures"
+    workflow = edit_workflow_file(tmp_path, EDIT)
+    code, out, err = run_edit(capsys, tmp_path, workflow, models, inputs)
+    refused(code, err, "node 4 (LoadImage): input 'image': \"edit_input.png\" is not one of the choices",
+            f"LoadImage reads images from the input folder {inputs} (--input DIR); put the images there, or pass "
+            "--demo")
+    code, out, err = run_edit(capsys, tmp_path, workflow, models, inputs, "--demo")
+    assert code == 0, err
+    assert f"DEMO MODE (--demo): every model file is present, but 1 input image is missing from {inputs}" in out
+    assert "RANDOM-WEIGHT" not in out and "saved: " in out
+    assert saved_size(tmp_path, "qwen_image_edit") == (192, 128)
+
+
+def test_stand_in_images_are_small_distinct_and_only_for_plain_image_names(tmp_path):
+    from PIL import Image
+
+    from comfyui_mmdit.tools.demo import STAND_IN_SIZES, input_images, missing_input_images, write_stand_in_images
+
+    workflow = json.loads(EDIT_MULTI.read_text())
+    assert [(i.node_id, i.name) for i in input_images(workflow)] == [
+        ("4", "picture_1.png"), ("5", "picture_2.png"), ("6", "picture_3.png")]
+    missing = missing_input_images(workflow, tmp_path / "none")
+    write_stand_in_images(missing, tmp_path / "stand_ins", workflow)
+    images = [Image.open(tmp_path / "stand_ins" / f"picture_{i}.png") for i in (1, 2, 3)]
+    assert [im.size for im in images] == list(STAND_IN_SIZES)
+    import numpy as np
+
+    colours = [len(np.unique(np.asarray(im).reshape(-1, 3), axis=0)) for im in images]
+    assert all(im.mode == "RGB" for im in images) and min(colours) > 20, colours  # a picture, not a flat fill
+    workflow["4"]["inputs"]["image"] = "../outside.png"
+    workflow["5"]["inputs"]["image"] = "notes.txt"
+    assert [i.name for i in missing_input_images(workflow, tmp_path / "none")] == ["picture_3.png"]

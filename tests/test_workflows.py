@@ -8,7 +8,8 @@ from comfyui_mmdit.loaders.formats.open import MODEL_FILE_SUFFIXES
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS
 from comfyui_mmdit.nodes.host.workflow_check import input_specs
 from comfyui_mmdit.nodes.host.workflow_runner import CORE_NODES
-from comfyui_mmdit.tools.workflow_ui import api_to_ui, is_widget, node_signature, ui_twin
+from comfyui_mmdit.nodes.host.standalone import IMAGE_SUFFIXES
+from comfyui_mmdit.tools.workflow_ui import api_to_ui, extra_widget_values, is_widget, node_signature, ui_twin
 
 from helpers import ROOT
 
@@ -23,13 +24,16 @@ def test_there_are_workflows_and_each_has_a_ui_twin():
 
 
 def check_value(class_type: str, name: str, spec, value):
-    """A widget value that ComfyUI's validation would accept (file lists: a model file name)."""
+    """A widget value that ComfyUI's validation would accept (file lists: a model file name, or an image in
+    the input folder, which lists what the user has)."""
     kind = spec[0]
     options = spec[1] if len(spec) > 1 else {}
     where = f"{class_type}.{name} = {value!r}"
     if name in getattr(NODE_CLASS_MAPPINGS.get(class_type), "FILE_INPUTS", {}):
         optional = value == "none" and name in input_specs(NODE_CLASS_MAPPINGS[class_type])[1]
         assert isinstance(value, str) and (optional or value.endswith(MODEL_FILE_SUFFIXES) or "/" in value), where
+    elif options.get("image_upload"):
+        assert isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES), where
     elif isinstance(kind, (list, tuple)):
         assert value in kind, f"{where} is not one of {kind}"
     elif kind == "INT":
@@ -79,11 +83,17 @@ def test_ui_workflow(path):
         values = list(node["widgets_values"])
         for name, spec in widgets:
             check_value(node["type"], name, spec, values.pop(0))
-            if len(spec) > 1 and spec[1].get("control_after_generate"):
-                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+            for expected in extra_widget_values(spec):  # the control mode of a seed, LoadImage's upload button
+                value = values.pop(0)
+                assert value in ("fixed", "increment", "decrement", "randomize") if expected == "fixed" else \
+                    value == expected
         assert values == [], f"{node['type']} has extra widget values {values}"
+        optional = set((NODE_CLASS_MAPPINGS.get(node["type"]) or CORE_NODES[node["type"]]).INPUT_TYPES().get("optional", {}))
         for slot, entry in enumerate(node["inputs"]):
             assert inputs[entry["name"]][0] == entry["type"]
+            if entry["link"] is None:  # an optional input left open (image_2 of a one-image edit)
+                assert entry["name"] in optional, f"{node['type']}.{entry['name']} needs a link"
+                continue
             link = links[entry["link"]]
             assert (link[3], link[4]) == (node["id"], slot)
             assert link[5] == entry["type"]
@@ -102,3 +112,28 @@ def test_ui_twin_is_up_to_date(path):
     """The UI workflow is generated from the API one (python cli.py ui-workflows): they never drift."""
     twin = ui_twin(path)
     assert json.loads(twin.read_text()) == api_to_ui(json.loads(path.read_text()), NODE_CLASS_MAPPINGS)
+
+
+@pytest.mark.parametrize("name, images, resolution", [("qwen_image_edit", 1, "native"),
+                                                      ("qwen_image_edit_multi", 3, "official")])
+def test_edit_workflows_use_the_official_settings_and_the_published_files(name, images, resolution):
+    """The diffusers Edit pipelines' defaults (50 steps, true CFG 4.0 with a one-space negative prompt), the
+    Comfy-Org file names, and each image on its own socket (the prompt naming Picture N for several)."""
+    workflow = json.loads((ROOT / "workflows" / "api" / f"{name}.api.json").read_text())
+    by_type = {}
+    for node_id, node in workflow.items():
+        by_type.setdefault(node["class_type"], []).append((node_id, node["inputs"]))
+    (_, sampler), = by_type["MMDiTSampler"]
+    assert {k: sampler[k] for k in ("steps", "cfg", "scheduler", "guidance")} == {
+        "steps": 50, "cfg": 4.0, "scheduler": "official", "guidance": "official"}
+    (_, reference), = by_type["MMDiTReferenceImages"]
+    assert reference["negative_prompt"] == " " and reference["resolution"] == resolution
+    assert reference["model"] == "Qwen-Image-Edit-2509 / 2511 (from the model file)"
+    sockets = ["image", "image_2", "image_3"][:images]
+    loads = [node_id for node_id, _ in by_type["LoadImage"]]
+    assert [reference[s][0] for s in sockets] == loads and not set(reference) & {"image_2", "image_3"} - set(sockets)
+    assert images == 1 or all(f"Picture {i}" in reference["prompt"] for i in range(1, images + 1))
+    assert [sampler[k][0] for k in ("positive", "negative", "latent_image")] == [by_type["MMDiTReferenceImages"][0][0]] * 3
+    assert by_type["MMDiTModelLoader"][0][1]["model_name"] == "qwen_image_edit_2511_bf16.safetensors"
+    assert by_type["MMDiTTextEncoderLoader"][0][1]["text_encoder_name"] == "qwen_2.5_vl_7b.safetensors"
+    assert by_type["MMDiTVAELoader"][0][1]["vae_name"] == "qwen_image_vae.safetensors"

@@ -73,3 +73,80 @@ def prepare_demo_models(workflow: dict, node_classes: dict, demo_dir: Path, only
         if not target.exists():
             write_tiny_component(model_file.folder, target, workflow[model_file.node_id]["inputs"])
     return Path(demo_dir)
+
+
+# --- input images ------------------------------------------------------------------------------------------
+# Stand-in sizes by position among the workflow's images: small (a demo on the CPU), each a different
+# shape, and not all whole 16-pixel cells (the native policy's centre crop runs too).
+STAND_IN_SIZES = ((200, 136), (128, 128), (144, 184))
+
+
+@dataclass(frozen=True)
+class InputImage:
+    node_id: str
+    name: str  # relative to the input folder, as LoadImage names it
+
+
+def input_images(workflow: dict) -> list[InputImage]:
+    """Every image the workflow's LoadImage nodes name, in node order."""
+    from ..nodes.host.workflow_check import sorted_ids
+
+    found = []
+    for node_id in sorted_ids(workflow):
+        node = workflow[node_id]
+        if isinstance(node, dict) and node.get("class_type") == "LoadImage" and isinstance(node.get("inputs"), dict):
+            name = node["inputs"].get("image")
+            if isinstance(name, str):
+                found.append(InputImage(node_id, name))
+    return found
+
+
+def missing_input_images(workflow: dict, input_dir: Path) -> list[InputImage]:
+    """The named images the input folder lacks and a stand-in can replace (a plain relative image path)."""
+    from ..nodes.host.standalone import IMAGE_SUFFIXES
+
+    missing = []
+    for image in input_images(workflow):
+        path = Path(image.name)
+        replaceable = (image.name and not path.is_absolute() and ".." not in path.parts
+                       and path.suffix.lower() in IMAGE_SUFFIXES)
+        if replaceable and not (Path(input_dir) / path).is_file():
+            missing.append(image)
+    return missing
+
+
+def stand_in_image(width: int, height: int, seed: int):
+    """A small picture with structure (a colour ramp, a few flat shapes, fine stripes), drawn
+    deterministically: something for the VAE and the vision tower to read, not a photograph."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(40, 215, size=3)
+    ramp = np.stack([base[c] + 40 * np.sin((x / width + y / height + c / 3) * np.pi) for c in range(3)], axis=-1)
+    image = Image.fromarray(ramp.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x0, y0 = rng.integers(0, width * 3 // 4), rng.integers(0, height * 3 // 4)
+        x1, y1 = x0 + rng.integers(width // 8, width // 3), y0 + rng.integers(height // 8, height // 3)
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    for stripe in range(0, width, 6):
+        draw.line((stripe, height - height // 8, stripe, height), fill=(20, 20, 20))
+    return image
+
+
+def write_stand_in_images(missing: list[InputImage], folder: Path, workflow: dict) -> Path:
+    """A stand-in image under each missing name in `folder` (sized by its place among the workflow's
+    images); returns folder."""
+    order = [image.name for image in input_images(workflow)]
+    for image in missing:
+        target = Path(folder) / image.name
+        if target.exists():
+            continue
+        index = order.index(image.name)
+        width, height = STAND_IN_SIZES[index % len(STAND_IN_SIZES)]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stand_in_image(width, height, seed=index).convert("RGB").save(target)
+    return Path(folder)

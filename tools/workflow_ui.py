@@ -33,18 +33,32 @@ def node_signature(class_type: str, node_classes: dict) -> tuple[dict, list[str]
     return {**types.get("required", {}), **types.get("optional", {})}, list(cls.RETURN_TYPES)
 
 
+def extra_widget_values(spec) -> list:
+    """The values the frontend stores right after a widget's own, for the widgets it adds beside it: a seed
+    widget with control_after_generate carries its control mode ("fixed"), a file list with image_upload
+    (LoadImage) is followed by its upload button, whose value is "image"."""
+    options = spec[1] if len(spec) > 1 else {}
+    return (["fixed"] if options.get("control_after_generate") else []) + (
+        ["image"] if options.get("image_upload") else [])
+
+
 def widget_values(inputs: dict, values: dict) -> list:
-    """The frontend's widgets_values: widget inputs in declaration order; a seed widget with
-    control_after_generate carries its control mode right after it."""
+    """The frontend's widgets_values: widget inputs in declaration order, each followed by the values of the
+    widgets the frontend adds beside it (extra_widget_values)."""
     out = []
     for name, spec in inputs.items():
         if not is_widget(spec):
             continue
         options = spec[1] if len(spec) > 1 else {}
         out.append(values[name] if name in values else options.get("default"))
-        if options.get("control_after_generate"):
-            out.append("fixed")
+        out += extra_widget_values(spec)
     return out
+
+
+def node_size(inputs: dict) -> list[int]:
+    """A node's size on the canvas: a row per input, and room for the preview under an image-upload widget."""
+    uploads = any(len(spec) > 1 and spec[1].get("image_upload") for spec in inputs.values() if is_widget(spec))
+    return [340, 120 + 26 * len(inputs) + (200 if uploads else 0)]
 
 
 def _depths(api: dict) -> dict[str, int]:
@@ -63,7 +77,7 @@ def _depths(api: dict) -> dict[str, int]:
 
 def api_to_ui(api: dict, node_classes: dict) -> dict:
     depth = _depths(api)
-    rows: dict[int, int] = {}
+    rows: dict[int, int] = {}  # column -> the top of its next node
     nodes, links = [], []
     outputs: dict[tuple[str, int], list[int]] = {}
     for node_id, node in api.items():
@@ -91,13 +105,14 @@ def api_to_ui(api: dict, node_classes: dict) -> dict:
                 next(l for l in links if l[0] == link_id)[4] = len(link_inputs)
             link_inputs.append({"name": name, "type": spec[0], "link": link_id})
         column = depth[node_id]
-        row = rows.get(column, 0)
-        rows[column] = row + 1
+        size = node_size(inputs)
+        top = rows.get(column, 40)
+        rows[column] = top + max(300, size[1] + 40)
         nodes.append({
             "id": int(node_id),
             "type": node["class_type"],
-            "pos": [40 + 380 * column, 40 + 300 * row],
-            "size": [340, 120 + 26 * len(inputs)],
+            "pos": [40 + 380 * column, top],
+            "size": size,
             "flags": {},
             "order": position,
             "mode": 0,

@@ -95,19 +95,31 @@ class StandaloneHost:
     def __init__(self, models_dir=None, device=None, input_dir=None):
         """models_dir: a models folder, or a list of them searched in order (default: MMDIT_MODELS_DIR or
         ./models); device: as resolve_device takes it; input_dir: where LoadImage finds images (as
-        ComfyUI's input/ folder; default ./input)."""
+        ComfyUI's input/ folder; default ./input), or a list of folders searched in order (the command
+        line's demo mode adds one holding stand-ins for missing images)."""
         roots = models_dir if isinstance(models_dir, (list, tuple)) else [models_dir]
         self.models_dirs = [Path(root or os.environ.get("MMDIT_MODELS_DIR", "models")) for root in roots]
         self.models_dir = self.models_dirs[0]
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.input_dir = Path(input_dir or "input")
+        folders = input_dir if isinstance(input_dir, (list, tuple)) else [input_dir]
+        self.input_dirs = [Path(folder or "input") for folder in folders]
+        self.input_dir = self.input_dirs[0]
 
     def input_files(self) -> list[str]:
-        """Image files in the input folder (names relative to it), as ComfyUI's LoadImage lists them."""
-        if not self.input_dir.is_dir():
-            return []
-        return sorted(p.relative_to(self.input_dir).as_posix() for p in self.input_dir.rglob("*")
-                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        """Image files in the input folders (names relative to their folder), as ComfyUI's LoadImage lists them."""
+        names = set()
+        for folder in self.input_dirs:
+            if folder.is_dir():
+                names.update(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(names)
+
+    def input_path(self, name: str) -> Path:
+        """The file LoadImage reads for `name`: in the first input folder that holds it."""
+        for folder in self.input_dirs:
+            if (folder / name).is_file():
+                return folder / name
+        return self.input_dir / name
 
     # --- files -------------------------------------------------------------------------------------
     def folder_files(self, kind: str) -> list[str]:

@@ -79,7 +79,7 @@ class CoreLoadImage:
 
         from . import get_host
 
-        path = get_host().input_dir / image
+        path = get_host().input_path(image)
         images, masks = [], []
         with Image.open(path) as source:
             for frame in ImageSequence.Iterator(source):

@@ -1,6 +1,6 @@
 // Drives ComfyUI's real web frontend in headless Chromium and prints what it saw, as JSON, for
 // test_frontend.py: the pack's editor extension, the MMDiT Empty Latent presets, and UI workflows turned
-// back into prompts by the frontend itself.
+// back into prompts by the frontend itself, and what the frontend would save for each node.
 //   node frontend_check.mjs URL UI_WORKFLOW.json...   (PLAYWRIGHT_DIR: a folder with playwright-core installed)
 // With PREFILL_MODEL set, it then picks that model in the last workflow's MMDiT Load Diffusion Model and
 // reports the steps and cfg its MMDiT Sampler shows afterwards.
@@ -35,9 +35,16 @@ try {
     out.latentAfterEdit = size();
     window.app.graph.remove(node);
     out.prompts = [];
+    out.saved = [];
     for (const workflow of workflows) {
       await window.app.loadGraphData(workflow);
       out.prompts.push((await window.app.graphToPrompt()).output);
+      // What the frontend itself would save for each node: its widget values and its input slots.
+      const saved = window.app.graph.serialize();
+      out.saved.push(Object.fromEntries(saved.nodes.map((n) => [n.id, {
+        widgets_values: n.widgets_values,
+        inputs: (n.inputs || []).map((i) => ({ name: i.name, type: i.type, link: i.link ?? null, widget: !!i.widget })),
+      }])));
     }
     if (prefillModel) {
       const nodes = window.app.graph._nodes;

@@ -1,7 +1,7 @@
 """The pack in ComfyUI's real web frontend, in headless Chromium: its editor extension loads and keeps MMDiT
 Empty Latent's width and height on the chosen preset, and every shipped UI workflow, loaded by the
 frontend and turned back into a prompt by it, is exactly its API twin (the file users share is the one
-the tests run).
+the tests run), and saved again by it, is the shipped file's widget values and links.
 
 Needs what scripts/setup_browser_tests.sh prepares for a ComfyUI checkout (COMFYUI_PATH): the frontend
 version that release pins, playwright-core and Chromium; skipped without them.
@@ -75,6 +75,18 @@ def assert_prompt_is(prompt: dict, api: dict) -> None:
         assert prompt[node_id]["inputs"] == node["inputs"], node_id
 
 
+def assert_saved_as_shipped(saved: dict, ui: dict) -> None:
+    """The frontend, saving the workflow it loaded, writes each node's widget values and link slots as the
+    shipped UI file has them (LoadImage's [file, "image"], a seed's control mode, optional image inputs
+    left open)."""
+    assert set(saved) == {str(node["id"]) for node in ui["nodes"]}
+    for node in ui["nodes"]:
+        got = saved[str(node["id"])]
+        assert got["widgets_values"] == node["widgets_values"], node["type"]
+        slots = [{k: slot[k] for k in ("name", "type", "link")} for slot in got["inputs"] if not slot["widget"]]
+        assert slots == node["inputs"], node["type"]
+
+
 @pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.name)
 def test_shipped_workflow_and_editor_extension_in_the_real_frontend(browser_server, api_path):
     seen = frontend_run(browser_server, ui_twin(api_path))
@@ -83,6 +95,7 @@ def test_shipped_workflow_and_editor_extension_in_the_real_frontend(browser_serv
     assert seen["latentAfterPreset"] == ["16:9", 1664, 928]  # picking a preset sets its size
     assert seen["latentAfterEdit"] == ["custom (width x height)", 1024, 928]  # editing the size leaves it
     assert_prompt_is(seen["prompts"][0], json.loads(api_path.read_text()))
+    assert_saved_as_shipped(seen["saved"][0], json.loads(ui_twin(api_path).read_text()))
     assert not [e for e in seen["pageErrors"] if "mmdit" in e.lower()], seen["pageErrors"]
 
 

@@ -14,10 +14,10 @@ def comfy_inprocess():
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
-    """One ComfyUI server for the session, with tiny Qwen-Image and HunyuanImage 2.1 files in its models
-    folders under the names the shipped workflows use, in published layouts (HunyuanImage: the base model
-    in the fused original names, the distilled one in the official Tencent split-q/k/v names), plus GGUFs
-    of the diffusion models."""
+    """One ComfyUI server for the session, with tiny Qwen-Image (text-to-image and Edit-2511) and HunyuanImage
+    2.1 files in its models folders under the names the shipped workflows use, in published layouts
+    (Edit-2511: ComfyUI's file with its marker tensor; HunyuanImage: the base model in the fused original
+    names, the distilled one in the official Tencent split-q/k/v names), plus GGUFs of the diffusion models."""
     import sys
     from pathlib import Path
 
@@ -29,6 +29,7 @@ def comfy_server(tmp_path_factory):
     models = server.base_dir / "models"
     dit = write_tiny_component("diffusion_models", models / "diffusion_models" / "qwen_image_bf16.safetensors")
     convert(dit, dit.with_name("qwen-image-Q4_0.gguf"), "Q4_0")
+    write_qwen_edit_2511(models / "diffusion_models" / "qwen_image_edit_2511_bf16.safetensors")
     write_tiny_component("text_encoders", models / "text_encoders" / "qwen_2.5_vl_7b.safetensors")
     write_tiny_component("vae", models / "vae" / "qwen_image_vae.safetensors")
     write_hunyuan_image_files(models)
@@ -52,3 +53,13 @@ def write_hunyuan_image_files(models):
     convert(dit / "hunyuanimage2.1_distilled_bf16.safetensors", dit / "hunyuanimage2.1-distilled-Q8_0.gguf", "Q8_0")
     write_tiny_component("text_encoders", models / "text_encoders" / "byt5_small_glyphxl_fp16.safetensors")
     write_tiny_component("vae", models / "vae" / "hunyuan_image_2.1_vae_fp16.safetensors")
+
+
+def write_qwen_edit_2511(path):
+    """A tiny Qwen-Image-Edit-2511 file as Comfy-Org publishes it: Qwen-Image's tensors and the empty
+    `__index_timestep_zero__` marker."""
+    from comfyui_mmdit.model_defs.qwen_image.edit import ZERO_COND_MARKER
+    from comfyui_mmdit.tools.tiny_models import tiny_qwen_dit_state_dict, write_safetensors
+
+    return write_safetensors({**tiny_qwen_dit_state_dict(seed=3), ZERO_COND_MARKER: torch.empty(0)}, path,
+                             dtype=torch.bfloat16)
