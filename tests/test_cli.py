@@ -603,3 +603,14 @@ def test_stand_in_images_are_small_distinct_and_only_for_plain_image_names(tmp_p
     workflow["4"]["inputs"]["image"] = "../outside.png"
     workflow["5"]["inputs"]["image"] = "notes.txt"
     assert [i.name for i in missing_input_images(workflow, tmp_path / "none")] == ["picture_3.png"]
+
+
+def test_demo_stand_in_for_a_2511_file_is_a_2511_model(tmp_path):
+    """A stand-in named like Qwen-Image-Edit-2511 carries its marker, so a demo runs the variant it names."""
+    from comfyui_mmdit.loaders.diffusion_model import read_diffusion_model
+    from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+    edit_2511 = write_tiny_component("diffusion_models", tmp_path / "qwen_image_edit_2511_bf16.safetensors")
+    edit_2509 = write_tiny_component("diffusion_models", tmp_path / "qwen_image_edit_2509_bf16.safetensors")
+    assert read_diffusion_model(edit_2511).config.zero_cond_t
+    assert not read_diffusion_model(edit_2509).config.zero_cond_t

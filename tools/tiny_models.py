@@ -152,6 +152,11 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
         state = {"qwen": tiny_qwen_dit_state_dict, "byt5": tiny_qwen_dit_state_dict,
                  "hunyuan": tiny_hunyuan_dit_state_dict,
                  "hunyuan_distilled": lambda: tiny_hunyuan_dit_state_dict(TINY_HUNYUAN_DISTILLED_DIT)}[kind]()
+        if kind == "qwen" and "2511" in target.name:
+            # Qwen-Image-Edit-2511's files carry an empty marker tensor (its references are modulated at
+            # timestep zero); the stand-in does too, so a demo runs the variant the name promises.
+            from ..model_defs.qwen_image.edit import ZERO_COND_MARKER
+            state[ZERO_COND_MARKER] = torch.empty(0)
         return write_safetensors(state, target, dtype=torch.bfloat16)
     if folder == "vae":
         state = tiny_hunyuan_vae_state_dict() if kind.startswith("hunyuan") else tiny_qwen_vae_state_dict()
