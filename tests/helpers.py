@@ -170,3 +170,62 @@ def comfyui_qwen25vl_names(transformers_state: dict, language_model_only: bool =
         elif not language_model_only:
             out["visual." + key[len("model.visual."):] if key.startswith("model.visual.") else key] = value
     return out
+
+
+def transformers_qwen25vl_with_vision(tokenizer):
+    """transformers' Qwen2.5-VL: the tiny language model (one 128-dim head, two layers) and the tiny vision
+    tower, every parameter random (seeded)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from comfyui_mmdit.model_defs.text_encoders import qwen25vl_vision as vision
+    from comfyui_mmdit.tools.tiny_models import random_state_dict, tiny_qwen_vision_config
+
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
+           [("image_token_id", "<|image_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>")]}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
+                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+                         max_position_embeddings=128000, bos_token_id=None, eos_token_id=None),
+        vision_config=vision.transformers_vision_config(tiny_qwen_vision_config()).to_dict(),
+        video_token_id=len(tokenizer) + 10, **ids,  # no video token in the tiny vocabulary
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.load_state_dict(random_state_dict(model, seed=11, scale=0.1))
+    return model
+
+
+def with_token_types(model, image_token_id):
+    """The model called as transformers 4 behaved: image tokens typed from their id (3-D RoPE positions).
+    diffusers' edit pipelines call it without mm_token_type_ids, which transformers 5 then reads as text."""
+    import functools
+
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def typed_forward(*args, input_ids=None, **kwargs):
+        kwargs.setdefault("mm_token_type_ids", (input_ids == image_token_id).int())
+        return forward(*args, input_ids=input_ids, **kwargs)
+
+    model.forward = typed_forward
+    return model
+
+
+def official_qwen_processor(tokenizer):
+    """transformers' Qwen2-VL processor (PIL backend) at the processor's pixel bounds, for images only."""
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from comfyui_mmdit.model_defs.text_encoders import qwen_image_processor as processor
+
+    class ImageOnlyProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without a video processor (whose class needs torchvision, absent here)."""
+
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    images = Qwen2VLImageProcessorPil(min_pixels=processor.MIN_PIXELS, max_pixels=processor.MAX_PIXELS)
+    return ImageOnlyProcessor(image_processor=images, tokenizer=tokenizer)

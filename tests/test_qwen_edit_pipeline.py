@@ -30,7 +30,6 @@ behaviour and what our encoder computes. The reference model is wrapped to pass 
 
 import contextlib
 import dataclasses
-import functools
 
 import numpy as np
 import pytest
@@ -43,17 +42,19 @@ from comfyui_mmdit.model_defs.qwen_image import edit_text, family, references
 from comfyui_mmdit.model_defs.qwen_image.edit import ZERO_COND_MARKER
 from comfyui_mmdit.model_defs.qwen_image.transformer import QwenImageTransformer
 from comfyui_mmdit.model_defs.spec import REFERENCE_LATENTS
-from comfyui_mmdit.model_defs.text_encoders import qwen25vl_vision as vision
 from comfyui_mmdit.model_defs.text_encoders import qwen_image_processor as processor
 from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
 from comfyui_mmdit.nodes.host import set_host
 from comfyui_mmdit.nodes.host.standalone import StandaloneHost
 from comfyui_mmdit.tools.tiny_models import (
-    TINY_QWEN_DIT, TINY_QWEN_VAE, randomise_vae_, random_state_dict, tiny_qwen_vision_config, write_safetensors,
+    TINY_QWEN_DIT, TINY_QWEN_VAE, randomise_vae_, random_state_dict, write_safetensors,
 )
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
-from helpers import as_pil, comfyui_qwen25vl_names, smooth_image
+from helpers import (
+    as_pil, comfyui_qwen25vl_names, official_qwen_processor, smooth_image, transformers_qwen25vl_with_vision,
+    with_token_types,
+)
 
 PROMPT = "Picture 1 is the room; put the lamp from picture 2 on the table and make the walls light green"
 NEGATIVE = "blurry, low quality"
@@ -81,56 +82,6 @@ DIT_FILE = "qwen_edit_tiny_dit.safetensors"
 DIT_2511_FILE = "qwen_edit_2511_tiny_dit.safetensors"  # the same weights with ComfyUI's 2511 marker
 
 
-def _reference_text_encoder(tokenizer):
-    """transformers' Qwen2.5-VL: the tiny language model (one 128-dim head, two layers) and the tiny tower,
-    every parameter random."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
-           [("image_token_id", "<|image_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>")]}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-                         max_position_embeddings=128000, bos_token_id=None, eos_token_id=None),
-        vision_config=vision.transformers_vision_config(tiny_qwen_vision_config()).to_dict(),
-        video_token_id=len(tokenizer) + 10, **ids,  # no video token in the tiny vocabulary
-    )
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.load_state_dict(random_state_dict(model, seed=11, scale=0.1))
-    return model
-
-
-def _with_token_types(model, image_token_id):
-    """The model called as transformers 4 behaved: image tokens typed from their id (3-D RoPE positions)."""
-    forward = model.forward
-
-    @functools.wraps(forward)
-    def typed_forward(*args, input_ids=None, **kwargs):
-        kwargs.setdefault("mm_token_type_ids", (input_ids == image_token_id).int())
-        return forward(*args, input_ids=input_ids, **kwargs)
-
-    model.forward = typed_forward
-    return model
-
-
-def _official_processor(tokenizer):
-    from transformers import Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    class ImageOnlyProcessor(Qwen2VLProcessor):
-        """Qwen2VLProcessor without a video processor (whose class needs torchvision, absent here)."""
-
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    images = Qwen2VLImageProcessorPil(min_pixels=processor.MIN_PIXELS, max_pixels=processor.MAX_PIXELS)
-    return ImageOnlyProcessor(image_processor=images, tokenizer=tokenizer)
-
-
 def _diffusers_transformer(state, zero_cond_t):
     from diffusers import QwenImageTransformer2DModel
 
@@ -151,9 +102,9 @@ def setup(tmp_path_factory):
     # the tokenizer beside the text encoder, in the folder name the loader looks for
     tokenizer_dir = write_tiny_qwen_tokenizer(models / "text_encoders" / "qwen_edit_tiny_tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir)
-    text_encoder = _reference_text_encoder(tokenizer)
+    text_encoder = transformers_qwen25vl_with_vision(tokenizer)
     write_safetensors(comfyui_qwen25vl_names(text_encoder.state_dict()), models / "text_encoders" / TEXT_FILE)
-    text_encoder = _with_token_types(text_encoder, tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    text_encoder = with_token_types(text_encoder, tokenizer.convert_tokens_to_ids("<|image_pad|>"))
 
     # Larger weights than tools/tiny_models' (0.05): the tiny DiT's velocity then depends on the prompt, the
     # reference tokens and the CFG scale strongly enough for the sampled latents to tell (a 1% change of the
@@ -175,7 +126,7 @@ def setup(tmp_path_factory):
 
     set_host(StandaloneHost(models_dir=models, device="cpu"))
     yield dict(tokenizer=tokenizer, text_encoder=text_encoder, transformers=transformers, vae=vae,
-               processor=_official_processor(tokenizer))
+               processor=official_qwen_processor(tokenizer))
     set_host(None)
 
 

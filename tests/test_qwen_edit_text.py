@@ -15,7 +15,6 @@ id). The reference model is wrapped to pass them, restoring the official 3-D pos
 unwrapped oracle differs, i.e. that the positions are checked.
 """
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,13 @@ from comfyui_mmdit.loaders.tokenizers import load_tokenizer
 from comfyui_mmdit.model_defs.qwen_image import edit_text
 from comfyui_mmdit.model_defs.text_encoders import qwen25vl_vision as vision
 from comfyui_mmdit.model_defs.text_encoders import qwen_image_processor as processor
-from comfyui_mmdit.tools.tiny_models import random_state_dict, tiny_qwen_vision_config, write_safetensors
+from comfyui_mmdit.tools.tiny_models import write_safetensors
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
-from helpers import as_pil, comfyui_qwen25vl_names, smooth_image
+from helpers import (
+    as_pil, comfyui_qwen25vl_names, official_qwen_processor, smooth_image, transformers_qwen25vl_with_vision,
+    with_token_types,
+)
 
 # Same weights, same ids, same pixels, fp32: only summation order differs.
 ATOL = 1e-5
@@ -53,59 +55,14 @@ def tokenizer(tokenizer_dir):
     return load_tokenizer(tokenizer_dir)
 
 
-def _reference_model(tokenizer):
-    """transformers' Qwen2.5-VL: the tiny language model (one 128-dim head, two layers) and the tiny tower."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
-           [("image_token_id", "<|image_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>")]}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1e6,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-                         max_position_embeddings=128000, bos_token_id=None, eos_token_id=None),
-        vision_config=vision.transformers_vision_config(tiny_qwen_vision_config()).to_dict(),
-        video_token_id=len(tokenizer) + 10, **ids,  # no video token in the tiny vocabulary
-    )
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.load_state_dict(random_state_dict(model, seed=11, scale=0.1))
-    return model
-
-
-def _with_token_types(model, image_token_id):
-    """The model called as transformers 4 behaved: image tokens typed from their id (3-D RoPE positions)."""
-    forward = model.forward
-
-    @functools.wraps(forward)
-    def typed_forward(*args, input_ids=None, **kwargs):
-        kwargs.setdefault("mm_token_type_ids", (input_ids == image_token_id).int())
-        return forward(*args, input_ids=input_ids, **kwargs)
-
-    model.forward = typed_forward
-    return model
-
-
 @pytest.fixture(scope="module")
 def reference_model(tokenizer):
-    return _reference_model(tokenizer)
+    return transformers_qwen25vl_with_vision(tokenizer)
 
 
 @pytest.fixture(scope="module")
 def official_processor(tokenizer):
-    from transformers import Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    class ImageOnlyProcessor(Qwen2VLProcessor):
-        """Qwen2VLProcessor without a video processor (whose class needs torchvision, absent here)."""
-
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    images = Qwen2VLImageProcessorPil(min_pixels=processor.MIN_PIXELS, max_pixels=processor.MAX_PIXELS)
-    return ImageOnlyProcessor(image_processor=images, tokenizer=tokenizer)
+    return official_qwen_processor(tokenizer)
 
 
 def _pipeline(kind, model, tokenizer, official_processor):
@@ -121,7 +78,7 @@ def _pipeline(kind, model, tokenizer, official_processor):
 
 @pytest.fixture(scope="module")
 def pipelines(reference_model, tokenizer, official_processor):
-    typed = _with_token_types(_reference_model(tokenizer), tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    typed = with_token_types(transformers_qwen25vl_with_vision(tokenizer), tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     typed.load_state_dict(reference_model.state_dict())
     return {kind: _pipeline(kind, typed, tokenizer, official_processor) for kind in ("edit", "edit_plus")}
 
