@@ -5,6 +5,7 @@ Class names are stable: shared workflow files refer to them.
 
 from .latent import MMDiTEmptyLatent
 from .model_loader import MMDiTModelLoader
+from .prompt_enhancer import MMDiTPromptEnhancer
 from .reference import MMDiTReferenceImages
 from .sampler import MMDiTSampler
 from .text import MMDiTTextEncode, MMDiTTextEncoderLoader
@@ -20,6 +21,7 @@ NODE_CLASS_MAPPINGS = {
     "MMDiTModelLoader": MMDiTModelLoader,
     "MMDiTTextEncoderLoader": MMDiTTextEncoderLoader,
     "MMDiTTextEncode": MMDiTTextEncode,
+    "MMDiTPromptEnhancer": MMDiTPromptEnhancer,
     "MMDiTReferenceImages": MMDiTReferenceImages,
     "MMDiTEmptyLatent": MMDiTEmptyLatent,
     "MMDiTSampler": MMDiTSampler,
@@ -32,6 +34,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MMDiTModelLoader": "MMDiT Load Diffusion Model",
     "MMDiTTextEncoderLoader": "MMDiT Load Text Encoder",
     "MMDiTTextEncode": "MMDiT Text Encode",
+    "MMDiTPromptEnhancer": "MMDiT Prompt Enhancer",
     "MMDiTReferenceImages": "MMDiT Reference Images",
     "MMDiTEmptyLatent": "MMDiT Empty Latent",
     "MMDiTSampler": "MMDiT Sampler",

@@ -171,6 +171,12 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
         # tower is part of the file, as in ComfyUI's qwen_2.5_vl_7b (Qwen-Image-Edit reads images with it).
         state = {**tiny_qwen_text_state_dict(vocab, layers=4), **tiny_qwen_vision_state_dict()}
         return write_safetensors(state, target, dtype=torch.bfloat16)
+    if folder == "prompt_enhancers":
+        name = target.name.lower()
+        kind = "hunyuan" if any(word in name for word in ("hunyuan", "reprompt", "promptenhancer")) else "qwen2"
+        form = "gguf" if name.endswith(".gguf") else "safetensors" if name.endswith((".safetensors", ".sft")) \
+            else "folder"
+        return write_tiny_prompt_enhancer(target, kind, form)[0]
     raise ValueError(f"no tiny stand-in for models/{folder}")
 
 
@@ -331,3 +337,181 @@ def write_llama_cpp_text_encoder(state_dict: dict[str, torch.Tensor], path, file
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# --- tiny prompt-enhancer language models --------------------------------------------------------------------
+# Chat language models with the real architectures at a tiny size: Qwen2 (any Qwen2.5-Instruct) and Hunyuan
+# dense (HunyuanImage 2.1's reprompt model / PromptEnhancer-7B: tied embeddings, q/k norms, NTK-alpha RoPE
+# written the way its published config.json does), with the tiny chat tokenizer. Weights are transformers'
+# own seeded initialisation at a wider spread, so that the next-token distributions are far from flat.
+TINY_CHAT_LM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 1024, "initializer_range": 0.2,
+                "rms_norm_eps": 1e-6}
+PROMPT_ENHANCER_FORMS = ("folder", "safetensors", "fp8", "gguf", "gguf_alone")
+
+
+def tiny_chat_lm_config(kind: str, vocab_size: int, eos_token_id: int, pad_token_id: int = 0) -> dict:
+    """config.json of a tiny chat LM: kind "qwen2" or "hunyuan" (hunyuan_v1_dense, as the reprompt model's
+    published config.json writes it: rope_scaling with a fixed NTK alpha, q/k norms, tied embeddings)."""
+    common = {**TINY_CHAT_LM, "vocab_size": vocab_size, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
+              "bos_token_id": None, "torch_dtype": "float32"}
+    if kind == "qwen2":
+        return {**common, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rope_theta": 10000.0,
+                "tie_word_embeddings": False}
+    if kind == "hunyuan":
+        head_dim = TINY_CHAT_LM["hidden_size"] // TINY_CHAT_LM["num_attention_heads"]
+        return {**common, "architectures": ["HunYuanDenseV1ForCausalLM"], "model_type": "hunyuan_v1_dense",
+                "head_dim": head_dim, "attention_head_dim": head_dim, "use_qk_norm": True, "use_cla": False,
+                "tie_word_embeddings": True, "rope_theta": 10000.0,
+                "rope_scaling": {"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0, "mscale": 1.0,
+                                 "mscale_all_dim": 1.0, "type": "dynamic"}}
+    raise ValueError(f"no tiny chat LM of kind {kind!r} (qwen2, hunyuan)")
+
+
+def tiny_chat_lm(kind: str = "qwen2", seed: int = 0, tokenizer_dir=None):
+    """(transformers model, tokenizer folder) of a tiny chat LM with random seeded weights."""
+    import json
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..loaders.tokenizers import load_tokenizer
+    from .tiny_tokenizer import write_tiny_chat_tokenizer
+
+    tokenizer_dir = Path(tokenizer_dir or tempfile.mkdtemp(prefix="tiny-chat-tokenizer-"))
+    tokenizer = load_tokenizer(write_tiny_chat_tokenizer(tokenizer_dir))
+    config_dict = tiny_chat_lm_config(kind, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "config.json").write_text(json.dumps(config_dict))
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    return model, tokenizer_dir
+
+
+def _lm_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's tensors as save_pretrained stores them (a tied output weight left out)."""
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def _companion(folder: Path, model, tokenizer_dir: Path) -> Path:
+    """config.json, generation_config.json and the tokenizer files in `folder`."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    for file in Path(tokenizer_dir).iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder
+
+
+def fp8_scaled_lm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's scaled FP8 layout of a language model: every 2-D weight but the token table in
+    float8_e4m3fn with a float32 `scale_weight` (amax / 448), the `scaled_fp8` marker; the rest as is."""
+    out = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, tensor in state.items():
+        if tensor.ndim == 2 and key.endswith(".weight") and "embed_tokens" not in key:
+            scale = tensor.abs().max().float() / 448.0
+            out[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+            out[key[: -len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            out[key] = tensor
+    return out
+
+
+def write_llama_cpp_lm(model, tokenizer, path, file_type: str = "Q8_0", with_tokenizer: bool = False) -> Path:
+    """A tiny chat LM as llama.cpp's converter writes it: llama.cpp's tensor names (from the gguf package's
+    table for the architecture), 1-D tensors F32, matrices in `file_type` (Q8_0 or F16), a tied output
+    weight left out; the architecture's hyperparameters and, with_tokenizer, the tokenizer (gpt2 BPE
+    vocabulary, merges, special ids, chat template) in the metadata, as transformers reads them."""
+    import gguf
+
+    arch = {"qwen2": gguf.MODEL_ARCH.QWEN2, "hunyuan_v1_dense": gguf.MODEL_ARCH.HUNYUAN_DENSE}[model.config.model_type]
+    name = gguf.MODEL_ARCH_NAMES[arch]
+    c = model.config
+    table = gguf.get_tensor_name_map(arch, c.num_hidden_layers)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch=name)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    writer.add_vocab_size(c.vocab_size)
+    if with_tokenizer:
+        _add_gguf_tokenizer(writer, tokenizer)
+    for key, tensor in _lm_state_dict(model).items():
+        base, _, suffix = key.rpartition(".")
+        array = tensor.float().numpy()
+        kind = "F32" if array.ndim <= 1 else ("F16" if file_type == "Q8_0" and array.shape[-1] % 32 else file_type)
+        qtype = gguf.GGMLQuantizationType[kind]
+        writer.add_tensor(f"{table.get_name(base)}.{suffix}", gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _add_gguf_tokenizer(writer, tokenizer) -> None:
+    import json
+
+    import gguf
+
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    special = set(tokenizer.all_special_tokens)
+    added = set(tokenizer.get_added_vocab())
+    types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.USER_DEFINED if t in added
+             else gguf.TokenType.NORMAL for t in tokens]
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(tokenizer.chat_template)
+
+
+def write_tiny_prompt_enhancer(target, kind: str = "qwen2", form: str = "folder", seed: int = 0,
+                               file_type: str = "Q8_0"):
+    """A tiny chat LM saved as users have such models; returns (path to pick, transformers model).
+
+    form: "folder" (a Hugging Face folder: config.json, generation_config.json, tokenizer, model.safetensors),
+    "safetensors" (one file + a `<stem>/` folder beside it with config and tokenizer), "fp8" (likewise, in
+    ComfyUI's scaled FP8), "gguf" (a llama.cpp GGUF + `<stem>/` beside it), "gguf_alone" (a llama.cpp GGUF
+    holding its configuration and tokenizer in its metadata, nothing beside it)."""
+    import tempfile
+
+    from ..loaders.tokenizers import load_tokenizer
+
+    target = Path(target)
+    with tempfile.TemporaryDirectory() as scratch:
+        model, tokenizer_dir = tiny_chat_lm(kind, seed, Path(scratch) / "tokenizer")
+        if form == "folder":
+            _companion(target, model, tokenizer_dir)
+            write_safetensors(_lm_state_dict(model), target / "model.safetensors")
+            return target, model
+        if form in ("safetensors", "fp8"):
+            state = _lm_state_dict(model)
+            write_safetensors(fp8_scaled_lm_state_dict(state) if form == "fp8" else state, target)
+            _companion(target.parent / target.stem, model, tokenizer_dir)
+            return target, model
+        if form in ("gguf", "gguf_alone"):
+            tokenizer = load_tokenizer(tokenizer_dir)
+            write_llama_cpp_lm(model, tokenizer, target, file_type, with_tokenizer=form == "gguf_alone")
+            if form == "gguf":
+                _companion(target.parent / target.stem, model, tokenizer_dir)
+            return target, model
+    raise ValueError(f"unknown form {form!r}; known: {', '.join(PROMPT_ENHANCER_FORMS)}")

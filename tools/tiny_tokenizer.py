@@ -75,3 +75,33 @@ def write_byt5_tokenizer(folder) -> Path:
     folder = Path(folder)
     byt5_tokenizer().save_pretrained(str(folder))
     return folder
+
+
+# A chat template in the ChatML form Qwen2.5 and Qwen3 use, with Qwen3's `enable_thinking` switch (off: the
+# generation prompt already holds an empty think block, as the official HunyuanImage 2.1 reprompt call asks
+# with enable_thinking=False). Only for the tiny test models: real models bring their own template.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+REASONING_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+
+def write_tiny_chat_tokenizer(folder) -> Path:
+    """The tiny Qwen tokenizer of write_tiny_qwen_tokenizer with a chat template and the reasoning tags
+    (<think>, </think>, <answer>, </answer>) as single, non-special tokens, as chat models that reason have
+    them: the tokenizer of the tiny prompt-enhancer models."""
+    folder = write_tiny_qwen_tokenizer(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    first = max(int(i) for i in config["added_tokens_decoder"]) + 1
+    for i, tag in enumerate(REASONING_TAGS):
+        config["added_tokens_decoder"][str(first + i)] = {"content": tag, "lstrip": False, "normalized": False,
+                                                          "rstrip": False, "single_word": False, "special": False}
+    config["chat_template"] = TINY_CHAT_TEMPLATE
+    config_path.write_text(json.dumps(config, indent=2))
+    return folder

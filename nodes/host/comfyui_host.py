@@ -237,11 +237,28 @@ def _register_gguf_extension() -> None:
             getattr(folder_paths, "filename_list_cache", {}).pop(kind, None)
 
 
+# Model kinds this pack adds to ComfyUI's folder list: kind -> (sub-folders of models/, file extensions).
+PACK_FOLDERS = {"prompt_enhancers": (("prompt_enhancers", "LLM"), {".safetensors", ".sft", ".gguf"})}
+
+
+def _register_pack_folders() -> None:
+    """Add the pack's own model kinds (models/prompt_enhancers and models/LLM for the prompt enhancer) to
+    ComfyUI's folders, keeping any paths extra_model_paths.yaml already gave the kind; the kinds ComfyUI
+    itself defines are not touched."""
+    for kind, (subfolders, extensions) in PACK_FOLDERS.items():
+        for sub in subfolders:
+            folder_paths.add_model_folder_path(kind, str(Path(folder_paths.models_dir) / sub))
+        paths, known = folder_paths.folder_names_and_paths[kind]
+        folder_paths.folder_names_and_paths[kind] = (paths, set(known) | extensions)
+        getattr(folder_paths, "filename_list_cache", {}).pop(kind, None)
+
+
 class ComfyUIHost:
     name = "comfyui"
 
     def __init__(self):
         _register_gguf_extension()
+        _register_pack_folders()
 
     # --- files -------------------------------------------------------------------------------------
     def folder_files(self, kind: str) -> list[str]:

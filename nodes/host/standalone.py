@@ -26,6 +26,7 @@ FOLDERS = {
     "diffusion_models": ("diffusion_models", "unet"),
     "text_encoders": ("text_encoders", "clip"),
     "vae": ("vae",),
+    "prompt_enhancers": ("prompt_enhancers", "LLM"),  # the pack's own kind; LLM/ is where other packs keep them
 }
 WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
