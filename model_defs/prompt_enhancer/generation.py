@@ -108,15 +108,22 @@ def keep_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
 
 
+def processed_scores(logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """The scores the next token is chosen from: steps 3 and 4 of the module docstring."""
+    scores = penalize_repetition(logits, seen, settings.repetition_penalty)
+    if not settings.sampling:
+        return scores
+    if settings.temperature != 1.0:
+        scores = scores / settings.temperature
+    return keep_top_p(keep_top_k(scores, settings.top_k), settings.top_p)
+
+
 def next_token(logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSettings,
                generator: torch.Generator | None) -> torch.Tensor:
     """The next token id [1] from the last position's float32 logits [1, V]."""
-    scores = penalize_repetition(logits, seen, settings.repetition_penalty)
+    scores = processed_scores(logits, seen, settings)
     if not settings.sampling:
         return torch.argmax(scores, dim=-1)
-    if settings.temperature != 1.0:
-        scores = scores / settings.temperature
-    scores = keep_top_p(keep_top_k(scores, settings.top_k), settings.top_p)
     probs = torch.nn.functional.softmax(scores, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 

@@ -178,6 +178,12 @@ def locate_parts(path: Path) -> _Parts:
 
 
 # --- config and tokenizer -------------------------------------------------------------------------------------
+def _error_text(error: Exception, limit: int = 300) -> str:
+    """An exception as one short line for a message."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -196,9 +202,9 @@ def read_config(parts: _Parts, checkpoint: Checkpoint):
         _read_json(parts.config_dir / CONFIG_FILE)  # a readable JSON object, before transformers sees it
         try:
             config = AutoConfig.from_pretrained(str(parts.config_dir), local_files_only=True, trust_remote_code=False)
-        except (ValueError, KeyError, OSError) as e:
-            raise ModelFileError(parts.config_dir / CONFIG_FILE, "is not a configuration transformers knows",
-                                 found=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        except Exception as e:  # transformers' and huggingface_hub's validation errors are of many kinds
+            raise ModelFileError(parts.config_dir / CONFIG_FILE, "is not a configuration transformers can read",
+                                 found=_error_text(e),
                                  expected="the config.json of a chat language model (model_type qwen2, qwen3, "
                                           "llama, hunyuan_v1_dense, ...)") from None
         return config, f"{parts.config_dir / CONFIG_FILE}"
@@ -206,9 +212,8 @@ def read_config(parts: _Parts, checkpoint: Checkpoint):
         try:
             config = AutoConfig.from_pretrained(str(parts.weights.parent), gguf_file=parts.weights.name,
                                                 local_files_only=True)
-        except (ValueError, KeyError, OSError, RuntimeError) as e:
-            raise _no_config(parts, f"its GGUF metadata cannot be read by transformers ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        except Exception as e:  # whatever transformers' GGUF reader raises for metadata it does not take
+            raise _no_config(parts, f"its GGUF metadata cannot be read by transformers ({_error_text(e)})") from None
         return config, f"the GGUF metadata of {parts.weights.name}"
     raise _no_config(parts, "no config.json was found")
 
@@ -252,7 +257,7 @@ def read_tokenizer(parts: _Parts, checkpoint: Checkpoint, allow_code: bool = Fal
                                                       trust_remote_code=bool(code and allow_code))
         except (ValueError, OSError, ImportError, KeyError) as e:
             raise ModelFileError(folder, "holds a tokenizer transformers cannot read",
-                                 found=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                                 found=_error_text(e)) from None
         source = str(folder)
     elif checkpoint.format == "gguf" and parts.config_dir is None:
         try:
@@ -260,7 +265,7 @@ def read_tokenizer(parts: _Parts, checkpoint: Checkpoint, allow_code: bool = Fal
                                                       local_files_only=True)
         except (ValueError, OSError, KeyError, RuntimeError) as e:
             raise ModelFileError(parts.weights, "has no tokenizer transformers can read from its metadata",
-                                 found=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                 found=_error_text(e),
                                  hint=f"Put the model's tokenizer files in {parts.searched[0]}.") from None
         source = f"the GGUF metadata of {parts.weights.name}"
     else:
@@ -294,7 +299,7 @@ def build_on_meta(config, operations=StandaloneOps) -> torch.nn.Module:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except (ValueError, KeyError) as e:
         raise ValueError(f"{type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}) is not a "
-                         f"causal language model transformers can build: {str(e).splitlines()[0]}") from None
+                         f"causal language model transformers can build ({_error_text(e)})") from None
     replace_layers(model, operations)
     return model.eval().requires_grad_(False)
 
