@@ -52,7 +52,7 @@ from ...loaders.checkpoints import Checkpoint, open_checkpoint
 from ...loaders.errors import ModelFileError, brief
 from ...loaders.layouts.llama_cpp import PERMUTED_QK_ARCHITECTURES
 from ...loaders.quant.ops import quantized_ops
-from ...loaders.quant.tensor import holds_quantized, is_quantized, logical_shape
+from ...loaders.quant.tensor import holds_quantized, is_quantized
 from ...loaders.tokenizers import TOKENIZER_FILES
 from ..ops import StandaloneOps
 
@@ -60,7 +60,6 @@ log = logging.getLogger("ComfyUI-MMDiT")
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
-WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
 
 
 @dataclass
@@ -272,7 +271,7 @@ def read_tokenizer(parts: _Parts, checkpoint: Checkpoint, allow_code: bool = Fal
         searched = ", ".join(str(p) for p in parts.searched)
         raise ModelFileError(parts.weights, "needs a tokenizer, and none was found",
                              found=f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {searched}",
-                             expected=f"the model's tokenizer files beside its config.json")
+                             expected="the model's tokenizer files beside its config.json")
     if not getattr(tokenizer, "chat_template", None):
         raise ModelFileError(parts.weights, "has a tokenizer without a chat template, so it is not an "
                              "instruction-tuned chat model the enhancer can instruct",
@@ -454,7 +453,3 @@ def load_enhancer(path, operations=None, dtype: torch.dtype = torch.float32, dev
     """read_enhancer + build_enhancer."""
     return build_enhancer(read_enhancer(path, allow_tokenizer_code), operations, dtype, device)
 
-
-def model_shapes_of(checked: EnhancerFile) -> dict[str, tuple[int, ...]]:
-    """The file's tensors under the model's names (for tests and messages)."""
-    return {name: tuple(logical_shape(checked.checkpoint.tensor(key))) for key, name in checked.names.items()}
