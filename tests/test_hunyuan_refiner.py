@@ -30,7 +30,7 @@ from comfyui_mmdit.nodes.host.standalone import StandaloneHost
 from comfyui_mmdit.tools.convert import convert
 from comfyui_mmdit.tools.tiny_models import (
     TINY_HUNYUAN_DIT, TINY_HUNYUAN_REFINER_DIT, random_state_dict, randomise_vae_, tiny_hunyuan_dit_state_dict,
-    tiny_hunyuan_refiner_dit_state_dict, write_safetensors,
+    tiny_hunyuan_refiner_dit_state_dict, write_safetensors, write_tiny_hunyuan_refiner_dit,
 )
 from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
@@ -210,8 +210,8 @@ def _run(network) -> torch.Tensor:
 def bf16(tmp_path_factory):
     """ComfyUI-layout refiner weights (bf16-exact values, float32), its bf16 file and that file's output."""
     root = tmp_path_factory.mktemp("refiner_bf16")
+    path = write_tiny_hunyuan_refiner_dit(root / "hunyuanimage-refiner_bf16.safetensors", seed=2)
     state = {k: v.to(torch.bfloat16).float() for k, v in tiny_hunyuan_refiner_dit_state_dict(seed=2).items()}
-    path = write_safetensors(state, root / "hunyuanimage-refiner_bf16.safetensors", dtype=torch.bfloat16)
     return state, path, _run(_load(path).network)
 
 

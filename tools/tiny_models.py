@@ -347,3 +347,8 @@ def tiny_hunyuan_refiner_dit_state_dict(config: HunyuanImageConfig = TINY_HUNYUA
                                         seed: int = 0) -> dict[str, torch.Tensor]:
     """ComfyUI-layout weights of a tiny HunyuanImage 2.1 refiner DiT (time_r_in included, as published)."""
     return random_state_dict(HunyuanImageTransformer(config, StandaloneOps, device="meta"), seed)
+
+
+def write_tiny_hunyuan_refiner_dit(path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A tiny refiner DiT file in the ComfyUI layout (as ComfyUI's repack names it), for tests and stand-ins."""
+    return write_safetensors(tiny_hunyuan_refiner_dit_state_dict(seed=seed), path, dtype=dtype)
