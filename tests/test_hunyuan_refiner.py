@@ -625,3 +625,22 @@ def test_report_measured_differences():
     """Runs last in this file: prints the measured figures (pytest -s shows them)."""
     for name, value in MEASURED.items():
         print(f"{name}: {value:.2e}" if isinstance(value, float) else f"{name}: {value}")
+
+
+def test_mmdit_sampler_refuses_the_refiner(tmp_path):
+    """The model loader loads a refiner file (it cannot know the intent); the sampler, which generates from
+    noise, refuses it before sampling with a message naming what to load."""
+    from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
+    from comfyui_mmdit.nodes.host import set_host
+
+    write_tiny_hunyuan_refiner_dit(tmp_path / "diffusion_models" / "hunyuanimage-refiner.safetensors")
+    set_host(StandaloneHost(models_dir=tmp_path, device="cpu"))
+    try:
+        model, = NODES["MMDiTModelLoader"]().load("hunyuanimage-refiner.safetensors")
+        context = torch.zeros(1, 4, 3584)
+        conditioning = [[context, {"mmdit_family": "hunyuan_image"}]]
+        latent = {"samples": torch.zeros(1, 64, 2, 2)}
+        with pytest.raises(ValueError, match="is a refiner: it refines a finished image and cannot generate one"):
+            NODES["MMDiTSampler"]().sample(model, conditioning, conditioning, latent, 0, steps=2, cfg=1.0)
+    finally:
+        set_host(None)

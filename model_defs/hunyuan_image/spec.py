@@ -35,7 +35,7 @@ def _sampling_spec(official: sampling.HunyuanSampling) -> SamplingSpec:
 def _refiner_sampling_spec(official: refiner.RefinerSampling) -> SamplingSpec:
     return SamplingSpec(steps=official.steps, guidance_scale=official.guidance_scale, schedule=official.schedule,
                         shift=official.shift, guidance=None, guidance_name="embedded guidance",
-                        embedded_guidance=True, meanflow=False)
+                        embedded_guidance=True, meanflow=False, refines_only=True)
 
 
 SPEC = FamilySpec(
