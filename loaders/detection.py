@@ -104,8 +104,10 @@ def _hunyuan_rules() -> list[Rule]:
         rules += [
             Rule("hunyuan_image", DIFFUSION_MODEL, layout, "HunyuanImage 2.1 diffusion model", markers,
                  check=is_a("image"), describe=describe),
+            # The refiner loads like the others (the same layouts, its config read from shapes: variant
+            # "refiner"); which stage may use it is checked where it is used (hunyuan_image/refiner.py).
             Rule("hunyuan_image", DIFFUSION_MODEL, layout, "HunyuanImage 2.1 refiner diffusion model", markers,
-                 check=is_a("refiner"), supported=False,  # runs in a later issue
+                 check=is_a("refiner"),
                  describe=lambda keys, prefix, where=where: f"HunyuanImage 2.1 refiner diffusion model ({where})"),
         ]
     return rules

@@ -40,6 +40,8 @@ class SamplingSpec:
     guidance_name: str = "CFG"  # for tooltips and logs
     embedded_guidance: bool = False  # guidance-distilled: the scale goes into the network, one pass per step
     meanflow: bool = False  # the network also takes the end time of each step (timestep_r)
+    # A stage model that refines a finished image (its own node) and cannot generate one from noise alone.
+    refines_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,10 @@ class MMDiTSampler:
         if guidance not in GUIDANCE_RULES:
             raise ValueError(f"guidance {guidance!r} is not one of {', '.join(GUIDANCE_RULES)}")
         official = official_sampling(host, model, spec)
+        if official.refines_only:
+            raise ValueError(f"this {spec.display_name} diffusion model is a refiner: it refines a finished image and "
+                             f"cannot generate one in MMDiT Sampler. Load the base or distilled model here (the "
+                             f"refine stage is not part of this release yet)")
         latent = latent_image["samples"]
         if latent.shape[1] != spec.latent_format.channels:
             raise ValueError(

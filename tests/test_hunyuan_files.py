@@ -110,7 +110,7 @@ def test_detection_names_family_layout_and_variant(layout):
     for variant, description, supported in (
             ("dit", f"HunyuanImage 2.1 diffusion model ({where})", True),
             ("distilled_dit", f"HunyuanImage 2.1 distilled diffusion model ({where})", True),
-            ("refiner_dit", f"HunyuanImage 2.1 refiner diffusion model ({where})", False)):
+            ("refiner_dit", f"HunyuanImage 2.1 refiner diffusion model ({where})", True)):
         for prefix in ("", "model.diffusion_model."):
             shapes = {prefix + k: v for k, v in manifest_shapes(f"hunyuanimage21_{variant}.{layout}").items()}
             (part,) = [p for p in identify_all(ShapesOnly(shapes)) if p.component == DIFFUSION_MODEL]
@@ -148,14 +148,17 @@ def test_hunyuan_video_is_not_mistaken_for_hunyuan_image(layout):
         find_component(ShapesOnly(shapes), DIFFUSION_MODEL)
 
 
-def test_refiner_picked_as_the_base_model_names_both(tmp_path):
-    path = _save(tiny_layouts("refiner_dit")["tencent"], tmp_path / "hunyuanimage-refiner.safetensors")
-    with pytest.raises(ModelFileError) as info:
-        read_diffusion_model(path)
-    message = str(info.value)
-    assert "hunyuanimage-refiner.safetensors: holds a HunyuanImage 2.1 refiner diffusion model (official Tencent " \
-           "layout, split q/k/v), which this pack does not run yet" in message
-    assert "Expected: HunyuanImage 2.1 diffusion model or Qwen-Image diffusion model" in message
+def test_refiner_file_reads_as_the_refiner_variant(tmp_path):
+    """The model loader cannot know the intended stage: a refiner file loads as the refiner variant, and the
+    stages refuse the wrong one (model_defs/hunyuan_image/refiner.py; tests/test_hunyuan_refiner.py)."""
+    from comfyui_mmdit.tools.tiny_models import TINY_HUNYUAN_REFINER_DIT, tiny_hunyuan_refiner_dit_state_dict
+    from hunyuan_layouts import in_layout
+
+    state = in_layout(tiny_hunyuan_refiner_dit_state_dict(), "tencent", "refiner_dit",
+                      TINY_HUNYUAN_REFINER_DIT.hidden_size)
+    model_file = read_diffusion_model(_save(state, tmp_path / "hunyuanimage-refiner.safetensors"))
+    assert model_file.description.startswith("HunyuanImage 2.1 refiner diffusion model (official Tencent layout")
+    assert model_file.config.variant == "refiner" and model_file.config.in_channels == 128
 
 
 # --- reading tiny files in every layout ----------------------------------------------------------------------

@@ -339,6 +339,27 @@ def write_llama_cpp_text_encoder(state_dict: dict[str, torch.Tensor], path, file
     return path
 
 
+# --- HunyuanImage 2.1 refiner DiT (issue 11) ---------------------------------------------------------------------
+# The refiner's structure (3-D patch (1, 1, 1), 128 input channels = noisy + conditioning latent, 64 out, RoPE
+# over (frame, row, column) in the published 1 : 3.5 : 3.5 split, embedded guidance, time_r_in as in the
+# official checkpoint, no ByT5 mapper) at hidden 64 (2 heads of 32), reading the tiny Qwen2.5-VL's states.
+TINY_HUNYUAN_REFINER_DIT = HunyuanImageConfig(hidden_size=64, num_heads=2, depth_double=2, depth_single=2,
+                                              in_channels=128, out_channels=64, patch_size=(1, 1, 1),
+                                              axes_dims=(4, 14, 14), context_dim=TINY_QWEN_DIT.joint_attention_dim,
+                                              byt5=False, guidance_embed=True, meanflow=True)
+
+
+def tiny_hunyuan_refiner_dit_state_dict(config: HunyuanImageConfig = TINY_HUNYUAN_REFINER_DIT,
+                                        seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI-layout weights of a tiny HunyuanImage 2.1 refiner DiT (time_r_in included, as published)."""
+    return random_state_dict(HunyuanImageTransformer(config, StandaloneOps, device="meta"), seed)
+
+
+def write_tiny_hunyuan_refiner_dit(path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A tiny refiner DiT file in the ComfyUI layout (as ComfyUI's repack names it), for tests and stand-ins."""
+    return write_safetensors(tiny_hunyuan_refiner_dit_state_dict(seed=seed), path, dtype=dtype)
+
+
 # --- tiny prompt-enhancer language models --------------------------------------------------------------------
 # Chat language models with the real architectures at a tiny size: Qwen2 (any Qwen2.5-Instruct) and Hunyuan
 # dense (HunyuanImage 2.1's reprompt model / PromptEnhancer-7B: tied embeddings, q/k norms, NTK-alpha RoPE

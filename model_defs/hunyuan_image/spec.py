@@ -1,10 +1,14 @@
-"""HunyuanImage 2.1 (base and MeanFlow-distilled) as a FamilySpec; the constants are in family.py,
-sampling.py and text.py."""
+"""HunyuanImage 2.1 (base, MeanFlow-distilled, and the refiner) as a FamilySpec; the constants are in
+family.py, sampling.py, refiner.py and text.py.
+
+The refiner's record (4 steps, embedded guidance, shift 4, no MeanFlow) lets the hosts load a refiner file
+(ComfyUI's model config reads the variant's shift); sampling with it is the refine stage's job (refiner.py:
+check_generating_model refuses it in the base sampling path)."""
 
 from __future__ import annotations
 
 from ..spec import ConditioningAdapter, EncoderSlot, FamilySpec, QuantPolicy, SamplingSpec, TextSpec
-from . import family, sampling, text
+from . import family, refiner, sampling, text
 from .transformer import HunyuanImageTransformer, config_from_shapes
 
 
@@ -28,6 +32,12 @@ def _sampling_spec(official: sampling.HunyuanSampling) -> SamplingSpec:
     )
 
 
+def _refiner_sampling_spec(official: refiner.RefinerSampling) -> SamplingSpec:
+    return SamplingSpec(steps=official.steps, guidance_scale=official.guidance_scale, schedule=official.schedule,
+                        shift=official.shift, guidance=None, guidance_name="embedded guidance",
+                        embedded_guidance=True, meanflow=False, refines_only=True)
+
+
 SPEC = FamilySpec(
     name=family.FAMILY,
     display_name=family.DISPLAY_NAME,
@@ -35,7 +45,8 @@ SPEC = FamilySpec(
     network_class=HunyuanImageTransformer,
     config_from_shapes=config_from_shapes,
     variant_of=lambda config: config.variant,
-    sampling={variant: _sampling_spec(s) for variant, s in sampling.OFFICIAL_SAMPLING.items()},
+    sampling={**{variant: _sampling_spec(s) for variant, s in sampling.OFFICIAL_SAMPLING.items()},
+              refiner.REFINER_VARIANT: _refiner_sampling_spec(refiner.REFINER_SAMPLING)},
     text=TextSpec(
         encoders=(EncoderSlot("qwen25_vl", "Qwen2.5-VL-7B", "qwen25"),
                   EncoderSlot("byt5", "the ByT5 glyph encoder (byt5_small_glyphxl)", "byt5")),

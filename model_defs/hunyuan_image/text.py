@@ -112,3 +112,84 @@ def encode(encoders: dict, prompt: str, device, dtype: torch.dtype) -> tuple[tor
         if not bool(out["byt5_mask"].all()):
             extras[GLYPH_MASK_KEY] = out["byt5_mask"]
     return out["context"], extras
+
+
+# --- the refiner's text conditioning -------------------------------------------------------------------------
+# The official refiner (hyimage HUNYUANIMAGE_REFINER_TEXT_ENCODER) reads the same Qwen2.5-VL with its own
+# template, "dit-llm-encode" (HunyuanVideo's Llama-3-style template, not the base model's "-v2" one), crop_start
+# 36, text_len 256, hidden_state_skip_layer 2, apply_final_norm False, and no ByT5 (the refiner network has no
+# byt5_in). diffusers' HunyuanImageRefinerPipeline repeats these values (prompt_template_encode,
+# prompt_template_encode_start_idx 36, tokenizer_max_length 256).
+#
+# The template's <|start_header_id|>/<|eot_id|> markers are not special tokens of Qwen2.5's tokenizer: it splits
+# them into pieces, so the text before the prompt is 61 tokens, not 36. Both reference pipelines still drop a
+# fixed 36, so the network sees the last 25 template tokens before the prompt, and the closing <|eot_id|> (7
+# tokens) after it. That is what the refiner was trained with; we do the same (a fixed drop, not the
+# template's measured prefix).
+#
+# Length: both pipelines tokenize with truncation at 36 + 256 tokens, so the states are at most 256 tokens and
+# a long prompt loses its end (the closing marker first). The refiner gets the base stage's prompt, which is
+# often long after prompt enhancement, so here we truncate as they do instead of refusing (the base encoder
+# refuses; its limit is 1000).
+REFINER_PROMPT_TEMPLATE = (
+    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the color, shape, size, "
+    "texture, quantity, text, spatial relationships of the objects and background:<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+)
+REFINER_TEMPLATE_DROP = 36
+REFINER_MAX_TOKENS = 256
+REFINER_HIDDEN_STATE_SKIP_LAYER = 2
+REFINER_LIMIT_NOTE = f"{REFINER_MAX_TOKENS} tokens with part of the template (longer prompts are cut, as officially)"
+
+
+def refiner_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """The refiner template's token ids per prompt, cut at REFINER_TEMPLATE_DROP + REFINER_MAX_TOKENS as the
+    official tokenizer call (truncation=True, max_length=292) cuts them."""
+    limit = REFINER_TEMPLATE_DROP + REFINER_MAX_TOKENS
+    ids = [tokenizer(REFINER_PROMPT_TEMPLATE.format(p))["input_ids"][:limit] for p in prompts]
+    for prompt, row in zip(prompts, ids):
+        if len(row) <= REFINER_TEMPLATE_DROP:
+            raise ValueError(f"the refiner template with prompt {prompt[:60]!r} is {len(row)} tokens, not more than "
+                             f"the {REFINER_TEMPLATE_DROP} the refiner drops: this tokenizer is not Qwen2.5's")
+    return ids
+
+
+def refiner_prompt_is_cut(tokenizer, prompt: str) -> bool:
+    """Whether the refiner encode cuts this prompt (for a note to the user)."""
+    tokens = len(tokenizer(REFINER_PROMPT_TEMPLATE.format(prompt))["input_ids"])
+    return tokens > REFINER_TEMPLATE_DROP + REFINER_MAX_TOKENS
+
+
+def encode_refiner_qwen(model, tokenizer, prompts: Sequence[str], device=None,
+                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> (Qwen2.5-VL states [B, L, hidden], mask [B, L] bool) as the refiner reads them: the refiner
+    template, cut at 292 tokens, the third-from-last hidden state, the first 36 tokens dropped. L is the
+    longest row's real tokens (the references pad to 256; padded tokens are masked out in the network, so
+    they change nothing: tests/test_hunyuan_refiner.py). Right-padded with zeros, mask false there."""
+    rows = refiner_token_ids(tokenizer, prompts)
+    device = device or next(model.parameters()).device
+    longest = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    embeddings = model.embed_tokens(input_ids)
+    if dtype is not None:
+        embeddings = embeddings.to(dtype)
+    hidden = qwen25vl.hidden_state(model, REFINER_HIDDEN_STATE_SKIP_LAYER, inputs_embeds=embeddings,
+                                   attention_mask=mask, position_ids=qwen25vl.text_position_ids(mask),
+                                   use_cache=False)
+    states = hidden[:, REFINER_TEMPLATE_DROP:]
+    out_mask = mask[:, REFINER_TEMPLATE_DROP:].bool()
+    return states * out_mask[..., None].to(states.dtype), out_mask
+
+
+def encode_refiner(encoders: dict, prompt: str, device, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+    """The refiner's text encode for one prompt, in the family's TextSpec.encode form: (context [1, L, 3584],
+    extras). One prompt has no padding, so no mask; the refiner reads no glyph text."""
+    qwen = encoders["qwen25_vl"]
+    context, mask = encode_refiner_qwen(qwen.model, qwen.tokenizer, [prompt], device=device, dtype=dtype)
+    return context, ({} if bool(mask.all()) else {"attention_mask": mask})

@@ -9,6 +9,14 @@ Conditioning:
 - vec = time_in(t); MeanFlow (distilled): vec = (vec + time_r_in(t_r)) / 2 with t_r the end of the step;
   guidance-distilled: vec += guidance_in(1000 * guidance). (diffusers HunyuanImageCombinedTimeGuidance-
   Embedding and ComfyUI compute the same; the timestep features are sinusoidal(256, cos first).)
+- The refiner's checkpoint has time_r_in too (the official config sets use_meanflow=True), but the official
+  refiner pipeline never passes timesteps_r, so the official refiner computes vec = time_in(t) +
+  guidance_in(1000 * guidance). diffusers' refiner gets there by dropping time_r_in from its checkpoint,
+  ComfyUI by disable_time_r. Here a refiner network uses time_r_in only when timestep_r is passed
+  explicitly: it never derives one from the sampler's sigmas (tests/test_hunyuan_refiner.py).
+- The refiner takes [B, 128, 1, H, W]: the noisy 64-channel latent and the 64-channel conditioning latent
+  concatenated on channels (refiner.py), 3-D patch (1, 1, 1), RoPE over (frame, row, column) with the frame
+  always 0 (an identity rotation on the frame axis' dims).
 - text: the Qwen2.5-VL states go through the token refiner (`txt_in`, dit/token_refiner.py); ByT5 glyph
   states (if any) through `byt5_in` (LayerNorm -> 1472 -> 2048 -> GELU -> 2048 -> GELU -> hidden); the
   two are concatenated, Qwen first.
@@ -265,7 +273,7 @@ class HunyuanImageTransformer(torch.nn.Module):
     def _embed_vec(self, timestep, guidance, timestep_r, disable_time_r, transformer_options, batch, dtype):
         vec = self.time_in(timestep_features(timestep, dtype))
         if self.time_r_in is not None and not disable_time_r:
-            if timestep_r is None:
+            if timestep_r is None and self.config.variant != "refiner":
                 timestep_r = meanflow_end_timestep(transformer_options)
             if timestep_r is not None:
                 end = _per_sample(timestep_r, batch, "timestep_r").to(timestep.device)
@@ -319,7 +327,8 @@ class HunyuanImageTransformer(torch.nn.Module):
             without byt5_in); txt_byt5_mask: [B, Lg], nonzero = real token, None = all real;
         guidance: [B] embedded guidance in user units (3.25, ...), used by guidance-distilled networks;
         timestep_r: [B] MeanFlow end time in timestep units, used by MeanFlow networks; when None it is
-            read from transformer_options' sigmas (ComfyUI); disable_time_r: never use time_r_in;
+            read from transformer_options' sigmas (ComfyUI), except by the refiner, which (as the official
+            refiner pipeline) uses time_r_in only when given timestep_r; disable_time_r: never use time_r_in;
         transformer_options / control: ComfyUI's block hooks and ControlNet adds (dit/hooks.py).
         Returns [B, out_channels, ...] in x's layout.
         """
