@@ -141,7 +141,8 @@ def test_config_from_shapes_refuses_nonsense():
     with pytest.raises(ValueError, match="residual blocks"):
         refiner_vae_config_from_shapes({k: v for k, v in shapes.items() if not k.startswith("encoder.down.3.block.1.")})
     with pytest.raises(ValueError, match="downsamplings after stages"):
-        refiner_vae_config_from_shapes({k: v for k, v in shapes.items() if not k.startswith("encoder.down.1.downsample")})
+        refiner_vae_config_from_shapes({k: v for k, v in shapes.items()
+                                        if not k.startswith("encoder.down.1.downsample")})
     temporal_first = dict(shapes)
     temporal_first["encoder.down.0.downsample.conv.conv.weight"] = (32, 128, 3, 3, 3)  # 1/8 of 256: temporal
     with pytest.raises(ValueError, match="temporal samplers at encoder stages .0, 2, 3."):
@@ -290,7 +291,8 @@ def test_loader_node_loads_every_layout(tiny, node_host):
         handle, = loader().load(name)
         loaded = handle.loaded
         assert (loaded.family, loaded.layout, loaded.stored_dtype) == ("hunyuan_image_refiner", layout, torch.bfloat16)
-        assert loaded.description == f"HunyuanImage 2.1 refiner VAE ({'diffusers' if layout == 'diffusers' else 'ComfyUI / official'} layout)"
+        where = "diffusers" if layout == "diffusers" else "ComfyUI / official"
+        assert loaded.description == f"HunyuanImage 2.1 refiner VAE ({where} layout)"
         assert loaded.config == TINY_HUNYUAN_REFINER_VAE
         _assert_computes_like(loaded.module, expected)
 
@@ -404,8 +406,12 @@ def test_single_tile_equals_untiled(tiny):
     torch.testing.assert_close(tiled, vae.encode(images), atol=1e-5, rtol=0)
 
 
-def test_memory_estimates_scale_with_pixels(tiny):
+def test_memory_estimates():
+    """Seven full-resolution activations of the first width per pixel (plus the output), and the largest
+    summed conv weight: the decoder's first upsampling keeps 4096 of its 8192 rows, 4096 x 1024 x 3 x 3
+    in float32 (and its bf16 copy when run in bf16); the encoder's widest conv is 1024 x 1024 x 3 x 3."""
     vae = HunyuanImageRefinerVAE(device="meta")
-    assert vae.decode_memory((1, 32, 1, 64, 64), torch.float32) == 1024 * 1024 * (7 * 128 + 3) * 4
-    assert vae.decode_memory((1, 32, 64, 64), torch.bfloat16) == 1024 * 1024 * (7 * 128 + 3) * 2
-    assert vae.encode_memory((1, 3, 1024, 1024), torch.float32) == 1024 * 1024 * (7 * 128 + 3) * 4
+    summed = 4096 * 1024 * 9
+    assert vae.decode_memory((1, 32, 1, 64, 64), torch.float32) == 1024 * 1024 * (7 * 128 + 3) * 4 + summed * 4
+    assert vae.decode_memory((2, 32, 64, 64), torch.bfloat16) == 2 * 1024 * 1024 * (7 * 128 + 3) * 2 + summed * 6
+    assert vae.encode_memory((1, 3, 1024, 1024), torch.float32) == 1024 * 1024 * (7 * 128 + 3) * 4 + 1024 * 1024 * 9 * 4

@@ -134,14 +134,17 @@ class _FirstFrameReplicateConv:
 
     def forward(self, x: torch.Tensor, keep_half_of_groups: int = 0) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if keep_half_of_groups:
+        if keep_half_of_groups:  # views: nothing is copied before the taps are summed
             g = keep_half_of_groups
-            weight = weight.unflatten(0, (g, 2, -1))[:, 0].flatten(0, 1)
+            weight = weight.unflatten(0, (g, 2, -1))[:, 0]
             bias = bias.unflatten(0, (g, 2, -1))[:, 0].flatten(0, 1) if bias is not None else None
-        if weight.shape[2] == 1:
-            weight = weight[:, :, 0]
+        time_axis = weight.ndim - 3
+        if weight.shape[time_axis] == 1:
+            weight = weight.select(time_axis, 0)
         else:
-            weight = weight.sum(2, dtype=torch.float32)
+            weight = weight.sum(time_axis, dtype=torch.float32)
+        if keep_half_of_groups:
+            weight = weight.flatten(0, 1)
         pad = weight.shape[-1] // 2
         if pad:
             x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
@@ -411,16 +414,23 @@ class HunyuanImageRefinerVAE(nn.Module):
         """Bytes a whole-image decode needs at its peak: the last stage runs at full resolution with the
         first width (128 channels), and about seven such activations are live at once (block input, norm
         output, its replicate-padded copy, conv output, and the copies a CPU conv kernel makes), plus the
-        output. See tests/test_hunyuan_refiner_vae.py for the measurement behind the factor."""
+        output; plus the largest summed conv weight (151 MB in fp32 for the released VAE, formed at a lower
+        resolution than the peak, so adding it errs on the safe side). Measured with random weights, fp32
+        CPU, 2 threads: 298, 902 and 3597 MB at 256, 512 and 1024 pixels square against 369, 1043 and 3740 MB
+        estimated; GPU kernels copy less, so there it errs further on the safe side."""
         height, width = latent_shape[-2] * self.downscale, latent_shape[-1] * self.downscale
         per_pixel = DECODE_ACTIVATIONS * self.config.block_out_channels[0] + self.config.out_channels
-        return latent_shape[0] * height * width * per_pixel * torch.empty(0, dtype=dtype).element_size()
+        activations = latent_shape[0] * height * width * per_pixel * torch.empty(0, dtype=dtype).element_size()
+        return activations + _summed_weight_bytes(self.decoder, dtype)
 
     def encode_memory(self, image_shape, dtype: torch.dtype) -> int:
-        """Bytes a whole-image encode needs at its peak: the full-resolution first stage, as in decode."""
+        """Bytes a whole-image encode needs at its peak: the full-resolution first stage, as in decode
+        (measured 226 MB at 256x256 and 899 MB at 512x512, fp32 CPU, against 225 and 899 MB of
+        activations), plus the largest summed conv weight (38 MB in fp32)."""
         height, width = image_shape[-2], image_shape[-1]
         per_pixel = ENCODE_ACTIVATIONS * self.config.block_out_channels[0] + self.config.in_channels
-        return image_shape[0] * height * width * per_pixel * torch.empty(0, dtype=dtype).element_size()
+        activations = image_shape[0] * height * width * per_pixel * torch.empty(0, dtype=dtype).element_size()
+        return activations + _summed_weight_bytes(self.encoder, dtype)
 
     def decode_tiled(self, latent: torch.Tensor, tile: int | None = None, overlap: int | None = None,
                      **kwargs) -> torch.Tensor:
@@ -444,6 +454,17 @@ class HunyuanImageRefinerVAE(nn.Module):
 # Live full-resolution activations per pixel, in units of the first stage's width (decode_memory).
 DECODE_ACTIVATIONS = 7
 ENCODE_ACTIVATIONS = 7
+
+
+def _summed_weight_bytes(half: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes of the largest 2-D weight a forward of `half` forms: a 3-tap conv's taps summed in float32
+    (the rows a temporal upsampling keeps), and its copy in `dtype` when that is not float32."""
+    halved = {id(m.conv.conv) for m in half.modules() if isinstance(m, Upsample) and m.temporal}
+    largest = max((m.weight.numel() // m.weight.shape[2] // (2 if id(m) in halved else 1)
+                   for m in half.modules() if isinstance(m, _FirstFrameReplicateConv) and m.weight.shape[2] > 1),
+                  default=0)
+    cast = torch.empty(0, dtype=dtype).element_size() if dtype != torch.float32 else 0
+    return largest * (4 + cast)
 
 
 def _single_frame(x: torch.Tensor, what: str, channels: int) -> torch.Tensor:
