@@ -153,11 +153,17 @@ RULES: list[Rule] = [
     Rule("hunyuan_image", VAE, "diffusers", "HunyuanImage 2.1 VAE (diffusers layout)",
          ("decoder.conv_in.weight", "encoder.down_blocks.0.conv1.weight", "decoder.mid_block.attentions.0.to_q.weight"),
          check=lambda s, p: _shape(s, p, "decoder.conv_in.weight")[1:3] == (64, 3)),
-    # The refiner's VAE is 3-D (causal convs holding `.conv`), 32 latent channels, 16x; in ComfyUI 0.8 the
-    # HunyuanVideo 1.5 VAE has this layout too.
-    Rule("hunyuan_image_refiner", VAE, "comfyui", "HunyuanImage 2.1 refiner VAE (3-D, 32 latent channels)",
-         ("decoder.conv_in.conv.weight", "encoder.conv_in.conv.weight"),
-         check=lambda s, p: _shape(s, p, "decoder.conv_in.conv.weight")[1:3] == (32, 3), supported=False),
+    # The refiner's VAE is 3-D (causal convs holding `.conv`, RMS norms holding `gamma`), 32 latent channels,
+    # 16x. The ComfyUI and official Tencent files share names (the official pickle under `vae.`); diffusers
+    # nests resnets and samplers per stage. HunyuanVideo 1.5's VAE has exactly these tensors (same
+    # architecture and sizes): no file tells them apart, and an image is its first frame either way.
+    Rule("hunyuan_image_refiner", VAE, "comfyui", "HunyuanImage 2.1 refiner VAE (ComfyUI / official layout)",
+         ("decoder.conv_in.conv.weight", "encoder.conv_in.conv.weight", "decoder.up.0.upsample.conv.conv.weight"),
+         check=lambda s, p: _shape(s, p, "decoder.conv_in.conv.weight")[1:3] == (32, 3)),
+    Rule("hunyuan_image_refiner", VAE, "diffusers", "HunyuanImage 2.1 refiner VAE (diffusers layout)",
+         ("decoder.conv_in.conv.weight", "encoder.conv_in.conv.weight",
+          "decoder.up_blocks.0.upsamplers.0.conv.conv.weight"),
+         check=lambda s, p: _shape(s, p, "decoder.conv_in.conv.weight")[1:3] == (32, 3)),
     Rule("flux2", VAE, "bfl", "FLUX.2 VAE", ("bn.running_mean", "decoder.conv_in.weight"), supported=False),
     Rule("wan", DIFFUSION_MODEL, "comfyui", "Wan video diffusion model",
          ("patch_embedding.weight", "blocks.0.self_attn.q.weight"), supported=False),

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..model_defs.hunyuan_image.refiner_vae import HunyuanImageRefinerVAE, refiner_vae_config_from_shapes
 from ..model_defs.hunyuan_image.vae import HunyuanImageVAE, vae_config_from_shapes as hunyuan_image_vae_config
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.vae import QwenImageVAE, vae_config_from_shapes as qwen_vae_config
@@ -25,7 +26,7 @@ from .assign import assign_state_dict, check_shapes, module_shapes
 from .checkpoints import Checkpoint, open_checkpoint
 from .detection import VAE, Identity, find_component
 from .errors import ModelFileError, summarize_keys
-from .keymaps import hunyuan_image_vae, qwen_image_vae
+from .keymaps import hunyuan_image_refiner_vae, hunyuan_image_vae, qwen_image_vae
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ VAE_FAMILIES: dict[str, VAEFamily] = {
     "hunyuan_image": VAEFamily(HunyuanImageVAE, hunyuan_image_vae_config,
                                {"diffusers": hunyuan_image_vae.diffusers_to_comfyui},
                                network_shape=squeeze_unit_time_axis),
+    # The refiner's 3-D VAE keeps its 5-D conv weights as stored (the network computes with them as they are).
+    "hunyuan_image_refiner": VAEFamily(HunyuanImageRefinerVAE, refiner_vae_config_from_shapes,
+                                       {"diffusers": hunyuan_image_refiner_vae.diffusers_to_comfyui,
+                                        "comfyui": hunyuan_image_refiner_vae.comfyui_to_network}),
 }
 
 

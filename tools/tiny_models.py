@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from ..model_defs.ops import StandaloneOps
 from ..model_defs.qwen_image.transformer import QwenImageConfig, QwenImageTransformer
 from ..model_defs.qwen_image.vae import QwenImageVAE, QwenImageVAEConfig
+from ..model_defs.hunyuan_image.refiner_vae import HunyuanImageRefinerVAE, HunyuanImageRefinerVAEConfig
 from ..model_defs.hunyuan_image.transformer import HunyuanImageConfig, HunyuanImageTransformer
 from ..model_defs.hunyuan_image.vae import HunyuanImageVAE, HunyuanImageVAEConfig
 from ..model_defs.text_encoders import byt5, qwen25vl
@@ -129,6 +130,41 @@ def tiny_hunyuan_vae_state_dict(config: HunyuanImageVAEConfig = TINY_HUNYUAN_VAE
     return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
+# The refiner VAE's structure (five stages, 16x, the last two downsamplings and first two upsamplings
+# "temporal", 32 latent channels) at narrow widths.
+TINY_HUNYUAN_REFINER_VAE = HunyuanImageRefinerVAEConfig(block_out_channels=(32, 32, 64, 64, 128))
+
+
+def randomise_refiner_vae_(module: torch.nn.Module, seed: int) -> None:
+    """Random values for every parameter of a refiner VAE (ours or diffusers'), as randomise_vae_ but for
+    its causal convs, which add all three temporal taps on an image (replicate padding): a conv's fan-in
+    counts the taps, and each residual branch's last conv (conv2) is at 0.3 gain, so the residual stream
+    and the latents stay of order one (at full gain the latents reach ~14 and fp32 rounding alone differs
+    by 1e-5 between implementations)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("gamma"):
+                p.copy_(1.0 + 0.3 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / p[0].numel() ** 0.5)
+                if ".conv2." in name:
+                    p.mul_(0.3)
+            if "decoder.conv_out" in name:
+                p.mul_(0.3)
+
+
+def tiny_hunyuan_refiner_vae_state_dict(config: HunyuanImageRefinerVAEConfig = TINY_HUNYUAN_REFINER_VAE,
+                                        seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI-layout (= official) weights of a tiny HunyuanImage 2.1 refiner VAE."""
+    vae = HunyuanImageRefinerVAE(config)
+    randomise_refiner_vae_(vae, seed)
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
 def _stand_in_kind(name: str) -> str:
     """Which family's tiny file stands in for a file name (demo mode only: real files are recognised by
     their tensors). HunyuanImage 2.1's names contain "hunyuan", its glyph encoder's "byt5"."""
@@ -159,6 +195,8 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
             state[ZERO_COND_MARKER] = torch.empty(0)
         return write_safetensors(state, target, dtype=torch.bfloat16)
     if folder == "vae":
+        if "refiner" in target.name.lower():  # HunyuanImage 2.1's refiner VAE (hunyuan_image_refiner_vae_fp16)
+            return write_safetensors(tiny_hunyuan_refiner_vae_state_dict(), target, dtype=torch.bfloat16)
         state = tiny_hunyuan_vae_state_dict() if kind.startswith("hunyuan") else tiny_qwen_vae_state_dict()
         return write_safetensors(state, target, dtype=torch.bfloat16)
     if folder == "text_encoders":

@@ -13,6 +13,16 @@ DISPLAY_NAME = "HunyuanImage 2.1"
 
 # The 32x VAE: 64 channels, one scaling factor, no per-channel statistics.
 LATENT_FORMAT = LatentFormat(channels=64, downscale=32, dims=2, scale=0.75289)
+
+# The refiner's 16x VAE (model_defs/hunyuan_image/refiner_vae.py): raw latents [B, 32, 1, h, w], one scaling
+# factor 1.03682 and no shift or per-channel statistics: diffusers' config (`scaling_factor`, no shift
+# field) and ComfyUI's latent_formats.HunyuanImage21Refiner agree; the official pipeline subtracts a
+# `shift_factor` only when the VAE's config.json sets one (that file is published with the weights, not in
+# the code repository). The refiner DiT reads 64 channels per frame: the official pipeline (and diffusers'
+# `_reorder_image_tokens`, ComfyUI's `process_in`) prepends a copy of the first frame and stacks frames in
+# pairs along the channels, so an image's model latent is cat([z, z], dim=1) * scale, [B, 64, 1, h, w];
+# back to the VAE: drop the first 32 channels (the copy), then divide by the scale.
+REFINER_LATENT_FORMAT = LatentFormat(channels=32, downscale=16, dims=3, scale=1.03682)
 PATCH_SIZE = 1
 SIZE_MULTIPLE = LATENT_FORMAT.downscale * PATCH_SIZE
 
