@@ -7,6 +7,7 @@ from .latent import MMDiTEmptyLatent
 from .model_loader import MMDiTModelLoader
 from .prompt_enhancer import MMDiTPromptEnhancer
 from .reference import MMDiTReferenceImages
+from .refiner import MMDiTRefiner
 from .sampler import MMDiTSampler
 from .text import MMDiTTextEncode, MMDiTTextEncoderLoader
 from .vae import MMDiTVAEDecode, MMDiTVAEEncode, MMDiTVAELoader
@@ -25,6 +26,7 @@ NODE_CLASS_MAPPINGS = {
     "MMDiTReferenceImages": MMDiTReferenceImages,
     "MMDiTEmptyLatent": MMDiTEmptyLatent,
     "MMDiTSampler": MMDiTSampler,
+    "MMDiTRefiner": MMDiTRefiner,
     "MMDiTVAELoader": MMDiTVAELoader,
     "MMDiTVAEDecode": MMDiTVAEDecode,
     "MMDiTVAEEncode": MMDiTVAEEncode,
@@ -38,6 +40,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MMDiTReferenceImages": "MMDiT Reference Images",
     "MMDiTEmptyLatent": "MMDiT Empty Latent",
     "MMDiTSampler": "MMDiT Sampler",
+    "MMDiTRefiner": "MMDiT Refiner",
     "MMDiTVAELoader": "MMDiT Load VAE",
     "MMDiTVAEDecode": "MMDiT VAE Decode",
     "MMDiTVAEEncode": "MMDiT VAE Encode",

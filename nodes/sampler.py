@@ -119,8 +119,8 @@ class MMDiTSampler:
         official = official_sampling(host, model, spec)
         if official.refines_only:
             raise ValueError(f"this {spec.display_name} diffusion model is a refiner: it refines a finished image and "
-                             f"cannot generate one in MMDiT Sampler. Load the base or distilled model here (the "
-                             f"refine stage is not part of this release yet)")
+                             f"cannot generate one in MMDiT Sampler. Load the base or distilled model here, and the "
+                             f"refiner in its own loader for MMDiT Refiner")
         latent = latent_image["samples"]
         if latent.shape[1] != spec.latent_format.channels:
             raise ValueError(

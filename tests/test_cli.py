@@ -137,7 +137,7 @@ def test_unknown_node_type_is_named_with_its_closest_match(tmp_path, capsys, mod
     refused(code, err, "node 9: unknown node type 'SaveImag' (did you mean 'SaveImage'?)",
             "node 10: unknown node type 'KSamplerAdvanced'",
             "The command line runs these node types: LoadImage, MMDiTEmptyLatent, MMDiTModelLoader, MMDiTPromptEnhancer, "
-            "MMDiTReferenceImages, MMDiTSampler")
+            "MMDiTReferenceImages, MMDiTRefiner, MMDiTSampler")
     assert "only ComfyUI can run" not in err
 
 

@@ -644,3 +644,52 @@ def test_mmdit_sampler_refuses_the_refiner(tmp_path):
             NODES["MMDiTSampler"]().sample(model, conditioning, conditioning, latent, 0, steps=2, cfg=1.0)
     finally:
         set_host(None)
+
+
+@torch.no_grad()
+def test_refiner_node_matches_the_diffusers_pipeline(stage, tmp_path):
+    """MMDiT Refiner in the standalone host, from the files a user has (refiner DiT, refiner VAE and text
+    encoders in ComfyUI names), against HunyuanImageRefinerPipeline with the same weights, prompt and seed:
+    the decoded images match; the refiner LATENT is the VAE's [B, 32, 1, h, w]."""
+    from comfyui_mmdit.loaders.keymaps.hunyuan_image_refiner_vae import diffusers_to_comfyui
+    from comfyui_mmdit.nodes import NODE_CLASS_MAPPINGS as NODES
+    from comfyui_mmdit.nodes.host import set_host
+    from comfyui_mmdit.tools.tiny_models import write_tiny_component
+
+    pipe = stage[0]
+    models = tmp_path / "models"
+    write_safetensors(strong_state_dict(seed=61), models / "diffusion_models" / "hunyuanimage-refiner.safetensors")
+    names = diffusers_to_comfyui(pipe.vae.state_dict().keys())
+    write_safetensors({names[k]: v for k, v in pipe.vae.state_dict().items()},
+                      models / "vae" / "hunyuan_image_2.1_refiner_vae.safetensors")
+    text_folder = models / "text_encoders"
+    write_safetensors(comfyui_qwen25vl_names(pipe.text_encoder.state_dict(), language_model_only=True),
+                      text_folder / "qwen_2.5_vl_7b.safetensors")
+    write_tiny_qwen_tokenizer(text_folder / "qwen_2.5_vl_7b_tokenizer")
+    write_tiny_component("text_encoders", text_folder / "byt5_small_glyphxl.safetensors")
+
+    set_host(StandaloneHost(models_dir=models, device="cpu"))
+    try:
+        text_encoder, = NODES["MMDiTTextEncoderLoader"]().load("qwen_2.5_vl_7b.safetensors", "HunyuanImage 2.1",
+                                                               "byt5_small_glyphxl.safetensors")
+        vae, = NODES["MMDiTVAELoader"]().load("hunyuan_image_2.1_refiner_vae.safetensors")
+        model, = NODES["MMDiTModelLoader"]().load("hunyuanimage-refiner.safetensors")
+        prompt, seed = "a watercolor painting of mountains at sunrise", 4321
+        images = sharp_image(2, 48, 80, seed=9)
+        expected = pipe(prompt=[prompt, prompt], image=images, height=48, width=80, num_inference_steps=4,
+                        distilled_guidance_scale=3.25, generator=torch.Generator().manual_seed(seed),
+                        output_type="pt").images
+        got, latent = NODES["MMDiTRefiner"]().refine(model, text_encoder, vae, prompt, seed, steps=4, guidance=3.25,
+                                                     image=images.movedim(1, -1))
+        assert latent["samples"].shape == (2, 32, 1, 3, 5)
+        MEASURED["node images 2x48x80"] = (got - expected.movedim(1, -1)).abs().max().item()
+        torch.testing.assert_close(got, expected.movedim(1, -1), atol=STAGE_ATOL, rtol=0)
+
+        with pytest.raises(ValueError, match="either an image or the base stage's latent"):
+            NODES["MMDiTRefiner"]().refine(model, text_encoder, vae, prompt, seed, image=images.movedim(1, -1),
+                                           samples={"samples": torch.zeros(1, 64, 1, 2, 2)})
+        with pytest.raises(ValueError, match="refiner needs its own VAE|the refiner's own goes to"):
+            NODES["MMDiTRefiner"]().refine(model, text_encoder, vae, prompt, seed,
+                                           samples={"samples": torch.zeros(1, 32, 1, 2, 2)}, vae=vae)
+    finally:
+        set_host(None)

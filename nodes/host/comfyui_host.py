@@ -397,6 +397,13 @@ class ComfyUIHost:
         before the sampler (ModelSamplingAuraFlow's shift, say) applies as it does to the core KSampler."""
         return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
 
+    def loaded_network(self, model) -> tuple[torch.nn.Module, torch.device, torch.dtype]:
+        """(network, device, compute dtype) of a MODEL loaded for use by ComfyUI's memory manager (low-VRAM
+        partial loading included), for a stage that runs its own loop (the refiner)."""
+        mm.load_models_gpu([model])
+        base = model.model
+        return base.diffusion_model, model.load_device, base.manual_cast_dtype or base.get_dtype()
+
     def progress(self, total: int, label: str = ""):
         return comfy.utils.ProgressBar(total)
 

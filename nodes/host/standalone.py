@@ -219,6 +219,10 @@ class StandaloneHost:
     def native_variant(self, model) -> None:
         return None  # every model here is the pack's own (its config says the variant)
 
+    def loaded_network(self, model) -> tuple[torch.nn.Module, torch.device, torch.dtype]:
+        """(network, device, compute dtype) of a MODEL, for a stage that runs its own loop (the refiner)."""
+        return model.network, model.device, model.dtype
+
     def model_path(self, model) -> str:
         """The diffusion model's file (for messages)."""
         return model.path
