@@ -172,6 +172,8 @@ def _stand_in_kind(name: str) -> str:
     if "byt5" in name:
         return "byt5"
     if "hunyuan" in name:
+        if "refiner" in name:
+            return "hunyuan_refiner"
         return "hunyuan_distilled" if "distill" in name else "hunyuan"
     return "qwen"
 
@@ -187,7 +189,8 @@ def write_tiny_component(folder: str, target, node_inputs: dict | None = None) -
     if folder == "diffusion_models":
         state = {"qwen": tiny_qwen_dit_state_dict, "byt5": tiny_qwen_dit_state_dict,
                  "hunyuan": tiny_hunyuan_dit_state_dict,
-                 "hunyuan_distilled": lambda: tiny_hunyuan_dit_state_dict(TINY_HUNYUAN_DISTILLED_DIT)}[kind]()
+                 "hunyuan_distilled": lambda: tiny_hunyuan_dit_state_dict(TINY_HUNYUAN_DISTILLED_DIT),
+                 "hunyuan_refiner": lambda: tiny_hunyuan_refiner_dit_state_dict()}[kind]()
         if kind == "qwen" and "2511" in target.name:
             # Qwen-Image-Edit-2511's files carry an empty marker tensor (its references are modulated at
             # timestep zero); the stand-in does too, so a demo runs the variant the name promises.

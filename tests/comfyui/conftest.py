@@ -53,6 +53,8 @@ def write_hunyuan_image_files(models):
     convert(dit / "hunyuanimage2.1_distilled_bf16.safetensors", dit / "hunyuanimage2.1-distilled-Q8_0.gguf", "Q8_0")
     write_tiny_component("text_encoders", models / "text_encoders" / "byt5_small_glyphxl_fp16.safetensors")
     write_tiny_component("vae", models / "vae" / "hunyuan_image_2.1_vae_fp16.safetensors")
+    write_tiny_component("diffusion_models", dit / "hunyuanimage2.1_refiner_bf16.safetensors")
+    write_tiny_component("vae", models / "vae" / "hunyuan_image_2.1_refiner_vae_fp16.safetensors")
 
 
 def write_qwen_edit_2511(path):
