@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling import ConstantShiftSchedule
+from .family import REFINER_LATENT_FORMAT
 from .sampling import TIMESTEP_SCALE
 
 FAMILY = "hunyuan_image"
@@ -59,9 +60,9 @@ REFINER_VARIANT = "refiner"
 
 # The refiner VAE (hyimage AutoencoderKLConv3D = diffusers AutoencoderKLHunyuanImageRefiner defaults, and
 # ComfyUI's HunyuanImage21Refiner latent format): 32 latent channels, 16x spatial, scaling 1.03682, no shift.
-VAE_LATENT_CHANNELS = 32
-VAE_DOWNSCALE = 16
-VAE_SCALING_FACTOR = 1.03682
+VAE_LATENT_CHANNELS = REFINER_LATENT_FORMAT.channels
+VAE_DOWNSCALE = REFINER_LATENT_FORMAT.downscale
+VAE_SCALING_FACTOR = REFINER_LATENT_FORMAT.scale
 MODEL_LATENT_CHANNELS = 2 * VAE_LATENT_CHANNELS  # after pack_latent; the network takes twice this (128)
 SIZE_MULTIPLE = VAE_DOWNSCALE  # the refiner's patch is 1 cell
 

@@ -53,9 +53,9 @@ from torch import nn
 from ..ops import StandaloneOps, cast_like
 from ..qwen_image.vae import ChannelRMSNorm
 from ..vae_tiling import crop_to_multiple
+from .refiner import sample_posterior
 from .vae import depth_to_space, space_to_depth
 
-LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance clamp (diffusers', ComfyUI's and the official one)
 
 
 @dataclass(frozen=True)
@@ -396,10 +396,8 @@ class HunyuanImageRefinerVAE(nn.Module):
         moments = self.encoder(images)
         mean = moments[:, : self.latent_channels]
         if generator is not None:
-            logvar = moments[:, self.latent_channels:].clamp(*LOGVAR_RANGE)
             # The same values as a randn of the 5-D [B, 32, 1, h, w] shape diffusers draws.
-            noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
-            mean = mean + torch.exp(0.5 * logvar) * noise.to(mean.device)
+            mean = sample_posterior(mean, moments[:, self.latent_channels:], generator)
         return mean.unsqueeze(2)
 
     @torch.no_grad()
