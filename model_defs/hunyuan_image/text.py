@@ -166,22 +166,8 @@ def encode_refiner_qwen(model, tokenizer, prompts: Sequence[str], device=None,
     template, cut at 292 tokens, the third-from-last hidden state, the first 36 tokens dropped. L is the
     longest row's real tokens (the references pad to 256; padded tokens are masked out in the network, so
     they change nothing: tests/test_hunyuan_refiner.py). Right-padded with zeros, mask false there."""
-    rows = refiner_token_ids(tokenizer, prompts)
-    device = device or next(model.parameters()).device
-    longest = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    embeddings = model.embed_tokens(input_ids)
-    if dtype is not None:
-        embeddings = embeddings.to(dtype)
-    hidden = qwen25vl.hidden_state(model, REFINER_HIDDEN_STATE_SKIP_LAYER, inputs_embeds=embeddings,
-                                   attention_mask=mask, position_ids=qwen25vl.text_position_ids(mask),
-                                   use_cache=False)
+    hidden, mask = qwen25vl.encode_token_lists(model, tokenizer, refiner_token_ids(tokenizer, prompts),
+                                               REFINER_HIDDEN_STATE_SKIP_LAYER, device, dtype)
     states = hidden[:, REFINER_TEMPLATE_DROP:]
     out_mask = mask[:, REFINER_TEMPLATE_DROP:].bool()
     return states * out_mask[..., None].to(states.dtype), out_mask

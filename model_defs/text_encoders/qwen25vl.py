@@ -129,6 +129,27 @@ def hidden_state(model, hidden_state_skip_layer: int = 0, **inputs) -> torch.Ten
     raise RuntimeError("the language model finished without running the layer asked for")
 
 
+def encode_token_lists(model, tokenizer, token_lists: list[list[int]], hidden_state_skip_layer: int = 0,
+                       device=None, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (hidden states [B, L, hidden], mask [B, L] long) of the batch right-padded to its
+    longest row (padding masked out, positions counted over the real tokens). dtype: the activations'."""
+    device = device or next(model.parameters()).device
+    longest = max(len(ids) for ids in token_lists)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(token_lists), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), longest), dtype=torch.long)
+    for i, ids in enumerate(token_lists):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        mask[i, :len(ids)] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    embeddings = model.embed_tokens(input_ids)
+    if dtype is not None:
+        embeddings = embeddings.to(dtype)
+    hidden = hidden_state(model, hidden_state_skip_layer, inputs_embeds=embeddings, attention_mask=mask,
+                          position_ids=text_position_ids(mask), use_cache=False)
+    return hidden, mask
+
+
 def encode_prompts(model, tokenizer, prompts: list[str], template: str, max_tokens: int,
                    device=None, dtype: torch.dtype | None = None,
                    hidden_state_skip_layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,21 +170,7 @@ def encode_prompts(model, tokenizer, prompts: list[str], template: str, max_toke
                 f"the prompt is {length} tokens long after the template; the limit is {max_tokens}. "
                 f"Shorten it (it begins: {prompt[:60]!r})"
             )
-    device = device or next(model.parameters()).device
-    longest = max(len(ids) for ids in token_lists)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for i, ids in enumerate(token_lists):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        mask[i, :len(ids)] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-
-    embeddings = model.embed_tokens(input_ids)
-    if dtype is not None:
-        embeddings = embeddings.to(dtype)
-    hidden = hidden_state(model, hidden_state_skip_layer, inputs_embeds=embeddings, attention_mask=mask,
-                          position_ids=text_position_ids(mask), use_cache=False)
+    hidden, _ = encode_token_lists(model, tokenizer, token_lists, hidden_state_skip_layer, device, dtype)
 
     lengths = [len(ids) - drop for ids in token_lists]
     out_len = max(lengths)
