@@ -692,3 +692,22 @@ def test_hunyuan_workflows_run_headless_on_a_fresh_clone(tmp_path, capsys, promp
     assert "prompt enhancer (HunyuanImage 2.1, official instruction): 12 tokens" in err
     assert f"node 16 (PreviewAny) 'Rewritten prompt': {encoded}\n" in out
     assert "node 17 (PreviewAny) 'Reasoning (empty unless thinking is on)': (empty)" in out
+
+
+def test_full_workflow_asks_before_running_the_reprompt_folders_tokenizer_code(tmp_path, capsys, calls):
+    """HunyuanImage 2.1's reprompt folder as published names its tokenizer as code shipped with the model
+    (tokenizer_config.json auto_map, tokenization_hy.py); the shipped full workflow leaves
+    allow_tokenizer_code off, so the run stops before anything loads and says which switch runs it."""
+    from comfyui_mmdit.tools.tiny_models import write_tiny_prompt_enhancer
+
+    models = tmp_path / "models"
+    folder, _ = write_tiny_prompt_enhancer(models / "prompt_enhancers" / "HunyuanImage-2.1" / "reprompt", "hunyuan")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_hy.HYTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    path, _ = small_hunyuan_workflow(tmp_path, HUNYUAN_FULL)
+    code, out, err = run(capsys, tmp_path, path, models, "--demo")
+    refused(code, err, "node 15 (MMDiTPromptEnhancer): ", "names a tokenizer that is custom code shipped with the model",
+            "switch on allow_tokenizer_code")
+    assert not (tmp_path / "demo" / "prompt_enhancers").exists()  # a present folder is never replaced
+    assert calls == []
