@@ -24,6 +24,13 @@ from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
 from helpers import ROOT
 
+# transformers makes its log handler on its first message, bound to the sys.stderr of that moment: made inside
+# a capsys test (the prompt enhancer's config warnings), it would write to that test's closed stream in later
+# tests ("--- Logging error ---" in their captured stderr). Made now, at collection, it writes to pytest's own.
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+transformers_logging.get_logger("transformers")
+
 SHIPPED = ROOT / "workflows" / "api" / "qwen_image_t2i.api.json"
 DIT = ("diffusion_models", "qwen_image_bf16.safetensors")
 TEXT_ENCODER = ("text_encoders", "qwen_2.5_vl_7b.safetensors")
