@@ -24,6 +24,13 @@ from comfyui_mmdit.tools.tiny_tokenizer import write_tiny_qwen_tokenizer
 
 from helpers import ROOT
 
+# transformers makes its log handler on its first message, bound to the sys.stderr of that moment: made inside
+# a capsys test (the prompt enhancer's config warnings), it would write to that test's closed stream in later
+# tests ("--- Logging error ---" in their captured stderr). Made now, at collection, it writes to pytest's own.
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+transformers_logging.get_logger("transformers")
+
 SHIPPED = ROOT / "workflows" / "api" / "qwen_image_t2i.api.json"
 DIT = ("diffusion_models", "qwen_image_bf16.safetensors")
 TEXT_ENCODER = ("text_encoders", "qwen_2.5_vl_7b.safetensors")
@@ -615,3 +622,99 @@ def test_demo_stand_in_for_a_2511_file_is_a_2511_model(tmp_path):
     edit_2509 = write_tiny_component("diffusion_models", tmp_path / "qwen_image_edit_2509_bf16.safetensors")
     assert read_diffusion_model(edit_2511).config.zero_cond_t
     assert not read_diffusion_model(edit_2509).config.zero_cond_t
+
+
+# --- the HunyuanImage 2.1 workflows headless: base then refiner, and the prompt enhancer before them --------
+HUNYUAN_T2I = ROOT / "workflows" / "api" / "hunyuanimage21_t2i.api.json"
+HUNYUAN_FULL = ROOT / "workflows" / "api" / "hunyuanimage21_full.api.json"
+
+
+def small_hunyuan_workflow(tmp_path, shipped) -> tuple:
+    """A shipped HunyuanImage 2.1 workflow at 64x96, 2 base and 2 refiner steps and (with the enhancer) a
+    12-token rewrite: tiny CPU models, a pipeline check. Returns (path, workflow)."""
+    workflow = json.loads(shipped.read_text())
+    (latent,) = [n for n in workflow.values() if n["class_type"] == "MMDiTEmptyLatent"]
+    latent["inputs"].update(aspect="custom (width x height)", width=64, height=96)
+    for node in workflow.values():
+        if node["class_type"] in ("MMDiTSampler", "MMDiTRefiner"):
+            node["inputs"]["steps"] = 2
+        if node["class_type"] == "MMDiTPromptEnhancer":
+            node["inputs"]["max_new_tokens"] = 12
+    path = tmp_path / shipped.name
+    path.write_text(json.dumps(workflow))
+    return path, workflow
+
+
+@pytest.fixture
+def prompts_read(monkeypatch):
+    """The text each MMDiT Text Encode and MMDiT Refiner received, in the order they ran."""
+    read = []
+    encode, refine = NODES["MMDiTTextEncode"].encode, NODES["MMDiTRefiner"].refine
+
+    def encoding(self, text_encoder, text):
+        read.append(("encode", text))
+        return encode(self, text_encoder, text)
+
+    def refining(self, model, text_encoder, refiner_vae, prompt, *args, **kwargs):
+        read.append(("refine", prompt))
+        return refine(self, model, text_encoder, refiner_vae, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(NODES["MMDiTTextEncode"], "encode", encoding)
+    monkeypatch.setattr(NODES["MMDiTRefiner"], "refine", refining)
+    return read
+
+
+@pytest.mark.parametrize("shipped", [HUNYUAN_T2I, HUNYUAN_FULL], ids=lambda p: p.name)
+def test_hunyuan_workflows_run_headless_on_a_fresh_clone(tmp_path, capsys, prompts_read, shipped):
+    """No model file present: stand-ins for every file (the refiner's DiT and VAE, and the enhancer's folder
+    in the full workflow), the base stage, then the refiner on its latent with the same prompt; the refined
+    image is saved and the base image previewed, both at the latent's size. The full workflow's rewritten
+    prompt is what both stages read, and the command line prints it (and the empty reasoning)."""
+    from PIL import Image
+
+    (tmp_path / "models").mkdir()
+    path, workflow = small_hunyuan_workflow(tmp_path, shipped)
+    code, out, err = run(capsys, tmp_path, path, tmp_path / "models")
+    assert code == 0, err
+    full = shipped == HUNYUAN_FULL
+    assert out.count("(stand-in: ") == (7 if full else 6)
+    for name in ("diffusion_models/hunyuanimage2.1_refiner_bf16.safetensors",
+                 "vae/hunyuan_image_refiner_vae_fp16.safetensors"):
+        assert f"{name}  (stand-in: {tmp_path / 'demo' / name})" in out
+    assert "HunyuanImage 2.1: 2 steps, cfg 3.50 (adaptive projected mix guidance)" in err
+    assert "HunyuanImage 2.1 refiner: 2 steps, guidance 3.50, conditioning noise 0.25, 64x96" in err
+    refined = tmp_path / "out" / "MMDiT" / ("hunyuanimage21_full_00001_.png" if full else "hunyuanimage21_00001_.png")
+    base = tmp_path / "out" / "PreviewImage_00001_.png"
+    assert f"pipeline check (demo weights): {refined}" in out and f"pipeline check (demo weights): {base}" in out
+    assert Image.open(refined).size == Image.open(base).size == (64, 96)
+
+    (encoded, _negative), refiner_prompt = [t for kind, t in prompts_read if kind == "encode"], \
+        [t for kind, t in prompts_read if kind == "refine"]
+    assert refiner_prompt == [encoded] and _negative == ""
+    if not full:
+        assert encoded == workflow["10"]["inputs"]["value"]
+        assert "PreviewAny" not in out
+        return
+    assert "prompt_enhancers/HunyuanImage-2.1/reprompt  (stand-in: " in out
+    assert "prompt enhancer (HunyuanImage 2.1, official instruction): 12 tokens" in err
+    assert f"node 16 (PreviewAny) 'Rewritten prompt': {encoded}\n" in out
+    assert "node 17 (PreviewAny) 'Reasoning (empty unless thinking is on)': (empty)" in out
+
+
+def test_full_workflow_asks_before_running_the_reprompt_folders_tokenizer_code(tmp_path, capsys, calls):
+    """HunyuanImage 2.1's reprompt folder as published names its tokenizer as code shipped with the model
+    (tokenizer_config.json auto_map, tokenization_hy.py); the shipped full workflow leaves
+    allow_tokenizer_code off, so the run stops before anything loads and says which switch runs it."""
+    from comfyui_mmdit.tools.tiny_models import write_tiny_prompt_enhancer
+
+    models = tmp_path / "models"
+    folder, _ = write_tiny_prompt_enhancer(models / "prompt_enhancers" / "HunyuanImage-2.1" / "reprompt", "hunyuan")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_hy.HYTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    path, _ = small_hunyuan_workflow(tmp_path, HUNYUAN_FULL)
+    code, out, err = run(capsys, tmp_path, path, models, "--demo")
+    refused(code, err, "node 15 (MMDiTPromptEnhancer): ", "names a tokenizer that is custom code shipped with the model",
+            "switch on allow_tokenizer_code")
+    assert not (tmp_path / "demo" / "prompt_enhancers").exists()  # a present folder is never replaced
+    assert calls == []

@@ -33,25 +33,46 @@ def node_signature(class_type: str, node_classes: dict) -> tuple[dict, list[str]
     return {**types.get("required", {}), **types.get("optional", {})}, list(cls.RETURN_TYPES)
 
 
-def extra_widget_values(spec) -> list:
+def has_seed_control(name: str, spec) -> bool:
+    """Whether the frontend puts a control_after_generate widget beside this widget: when its options say so,
+    and for an INT named seed or noise_seed unless its options say otherwise (the frontend's legacy rule,
+    in 1.27 and 1.35 alike)."""
+    options = spec[1] if len(spec) > 1 else {}
+    default = spec[0] == "INT" and name in ("seed", "noise_seed")
+    return bool(options.get("control_after_generate", default))
+
+
+def extra_widget_values(spec, name: str = "") -> list:
     """The values the frontend stores right after a widget's own, for the widgets it adds beside it: a seed
-    widget with control_after_generate carries its control mode ("fixed"), a file list with image_upload
+    widget with a control (has_seed_control) carries its control mode ("fixed"), a file list with image_upload
     (LoadImage) is followed by its upload button, whose value is "image"."""
     options = spec[1] if len(spec) > 1 else {}
-    return (["fixed"] if options.get("control_after_generate") else []) + (
+    return (["fixed"] if has_seed_control(name, spec) else []) + (
         ["image"] if options.get("image_upload") else [])
+
+
+def is_link(value) -> bool:
+    return isinstance(value, list)
+
+
+def linked_widget_value(spec):
+    """What a widget whose input is linked keeps in widgets_values (the frontend keeps the widget, greyed
+    out, and sends the link instead): its default, an empty text for a STRING without one."""
+    options = spec[1] if len(spec) > 1 else {}
+    return options.get("default", "" if spec[0] == "STRING" else None)
 
 
 def widget_values(inputs: dict, values: dict) -> list:
     """The frontend's widgets_values: widget inputs in declaration order, each followed by the values of the
-    widgets the frontend adds beside it (extra_widget_values)."""
+    widgets the frontend adds beside it (extra_widget_values). A widget fed by a link keeps its default."""
     out = []
     for name, spec in inputs.items():
         if not is_widget(spec):
             continue
         options = spec[1] if len(spec) > 1 else {}
-        out.append(values[name] if name in values else options.get("default"))
-        out += extra_widget_values(spec)
+        value = values[name] if name in values else options.get("default")
+        out.append(linked_widget_value(spec) if is_link(value) else value)
+        out += extra_widget_values(spec, name)
     return out
 
 
@@ -94,16 +115,21 @@ def api_to_ui(api: dict, node_classes: dict) -> dict:
         node = api[node_id]
         inputs, output_types = node_signature(node["class_type"], node_classes)
         link_inputs = []
-        for name, spec in inputs.items():
-            if is_widget(spec):
-                continue
-            value = node["inputs"].get(name)
+        # The frontend's slot order: the sockets in declaration order, then the widgets' own (of which only
+        # those fed by a link are written; the frontend adds the others itself).
+        socket_names = [name for name, spec in inputs.items() if not is_widget(spec)]
+        linked_widgets = [name for name, spec in inputs.items() if is_widget(spec) and is_link(node["inputs"].get(name))]
+        for name in socket_names + linked_widgets:
+            spec, value = inputs[name], node["inputs"].get(name)
             link_id = None
-            if isinstance(value, list):
+            if is_link(value):
                 link_id = next(l[0] for l in links if l[3] == int(node_id) and l[4] is None and
                                l[1] == int(value[0]) and l[2] == value[1])
                 next(l for l in links if l[0] == link_id)[4] = len(link_inputs)
-            link_inputs.append({"name": name, "type": spec[0], "link": link_id})
+            slot = {"name": name, "type": spec[0], "link": link_id}
+            if is_widget(spec):  # a widget fed by a link (a prompt from another node): the frontend's form
+                slot["widget"] = {"name": name}
+            link_inputs.append(slot)
         column = depth[node_id]
         size = node_size(inputs)
         top = rows.get(column, 40)

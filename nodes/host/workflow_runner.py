@@ -3,13 +3,15 @@
 API format: {node_id: {"class_type": ..., "inputs": {name: value | [source_id, output_index]}}}. The whole
 workflow is checked first (workflow_check: types, links, values, and every loader's model file), so a bad
 input is reported before anything runs. Nodes then run once each, in dependency order. Besides the
-pack's nodes, three core nodes are provided here: the output nodes the shipped workflows end in
-(SaveImage, PreviewImage: they write PNG files) and LoadImage (images from the host's input folder, as
-ComfyUI loads them).
+pack's nodes, the core nodes the shipped workflows use are provided here: the output nodes they end in
+(SaveImage, PreviewImage: they write PNG files; PreviewAny: its text is printed), LoadImage (images from
+the host's input folder, as ComfyUI loads them) and PrimitiveStringMultiline (one prompt feeding several
+nodes).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +106,51 @@ def _transparency(frame) -> torch.Tensor:
     return 1.0 - torch.from_numpy(alpha)
 
 
-CORE_NODES = {"SaveImage": CoreSaveImage, "PreviewImage": CorePreviewImage, "LoadImage": CoreLoadImage}
+class CorePrimitiveStringMultiline:
+    """ComfyUI's "String (Multiline)" primitive (comfy_extras/nodes_primitive.py, in 0.3.64 and 0.8.0): a text
+    typed once and linked to every node that reads it (MMDiT Text Encode and MMDiT Refiner's prompt)."""
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("STRING", {"multiline": True})}}
+
+    def execute(self, value: str):
+        return (value,)
+
+
+class CorePreviewAny:
+    """ComfyUI's PreviewAny ("Preview Any" / "Preview as Text", comfy_extras/nodes_preview_any.py): shows any
+    value as text. The command line prints it (preview_text: ComfyUI's rendering of the value)."""
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+
+def preview_text(value) -> str:
+    """The text PreviewAny shows for a value: a string as it is, a number or boolean as str(), else JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    if value is None:
+        return "None"
+    try:
+        return json.dumps(value, indent=4)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+CORE_NODES = {"SaveImage": CoreSaveImage, "PreviewImage": CorePreviewImage, "LoadImage": CoreLoadImage,
+              "PrimitiveStringMultiline": CorePrimitiveStringMultiline, "PreviewAny": CorePreviewAny}
 OUTPUT_NODES = ("SaveImage", "PreviewImage")
+TEXT_OUTPUT_NODES = ("PreviewAny",)
 
 
 class NodeError(ValueError):
@@ -140,10 +185,15 @@ def execution_order(workflow: dict) -> list[str]:
     return order
 
 
+def print_text(label: str, text: str) -> None:
+    """How the command line shows a PreviewAny's text: its node and title, then the text (or "(empty)")."""
+    print(f"{label}: {text}" if text.strip() else f"{label}: (empty)", flush=True)
+
+
 def run_workflow(workflow: dict, node_classes: dict, output_dir, source: str = "the workflow",
-                 checked: bool = False) -> list[Path]:
+                 checked: bool = False, on_text=print_text) -> list[Path]:
     """Check the whole workflow (unless the caller just did), then execute every node; returns the image
-    files output nodes wrote."""
+    files output nodes wrote. A PreviewAny's text goes to on_text(label, text)."""
     if not checked:
         check_workflow(workflow, runnable_nodes(node_classes), source)
     saver = SaveImage(output_dir)
@@ -152,6 +202,12 @@ def run_workflow(workflow: dict, node_classes: dict, output_dir, source: str = "
         node = workflow[node_id]
         inputs = {name: (results[value[0]][value[1]] if is_link(value) else value)
                   for name, value in node["inputs"].items()}
+        if node["class_type"] in TEXT_OUTPUT_NODES:
+            meta = node.get("_meta")
+            title = meta.get("title") if isinstance(meta, dict) else None
+            on_text(node_label(node_id, node) + (f" {title!r}" if title else ""), preview_text(inputs.get("source")))
+            results[node_id] = ()
+            continue
         try:
             results[node_id] = _run_node(node["class_type"], inputs, node_classes, saver)
         except (ValueError, FileNotFoundError) as error:

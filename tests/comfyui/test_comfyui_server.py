@@ -31,7 +31,8 @@ def test_pack_loads_without_import_errors(comfy_server):
     # ComfyUI offers workflows/*.json as templates: only the UI-format ones (the API twins would not open).
     templates = json.loads(comfy_server.get_text("/workflow_templates"))["ComfyUI-MMDiT"]
     assert sorted(templates) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json")) == [
-        "hunyuanimage21_distilled", "hunyuanimage21_t2i", "qwen_image_edit", "qwen_image_edit_multi", "qwen_image_t2i"]
+        "hunyuanimage21_distilled", "hunyuanimage21_full", "hunyuanimage21_t2i", "qwen_image_edit",
+        "qwen_image_edit_multi", "qwen_image_t2i"]
 
 
 def test_core_only_workflow_runs(comfy_server):
