@@ -106,7 +106,9 @@ class MMDiTPromptEnhancer:
                                        "tooltip": "The model the prompt is for: its rewriting instruction. "
                                                   "HunyuanImage 2.1: the official one; Qwen-Image, FLUX.2: the "
                                                   "pack's own."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+            # No "control after generate": the editor would otherwise add one set to randomize on a new node,
+            # and the same seed should give the same text until the user changes it.
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                              "tooltip": "Sampling seed (as torch.manual_seed before generate: the official "
                                         "pipeline's seed gives its rewrite)."}),
             "max_new_tokens": ("INT", {"default": DEFAULTS["max_new_tokens"], "min": 1, "max": 32768,

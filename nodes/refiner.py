@@ -77,7 +77,7 @@ class MMDiTRefiner:
                              f"prompts with HunyuanImage 2.1's: set the loader's family to HunyuanImage 2.1")
         if refiner_vae.loaded.family != REFINER_VAE_FAMILY:
             raise ValueError(f"refiner_vae is the {refiner_vae.loaded.description}; the refiner needs its own VAE "
-                             f"(hunyuan_image_2.1_refiner_vae*.safetensors, 16x, 32 channels)")
+                             f"(hunyuan_image_refiner_vae*.safetensors, 16x, 32 channels)")
         images = _input_images(image, samples, vae)
 
         generator = refiner.refiner_generator(seed)

@@ -661,7 +661,7 @@ def test_refiner_node_matches_the_diffusers_pipeline(stage, tmp_path):
     write_safetensors(strong_state_dict(seed=61), models / "diffusion_models" / "hunyuanimage-refiner.safetensors")
     names = diffusers_to_comfyui(pipe.vae.state_dict().keys())
     write_safetensors({names[k]: v for k, v in pipe.vae.state_dict().items()},
-                      models / "vae" / "hunyuan_image_2.1_refiner_vae.safetensors")
+                      models / "vae" / "hunyuan_image_refiner_vae_fp16.safetensors")
     text_folder = models / "text_encoders"
     write_safetensors(comfyui_qwen25vl_names(pipe.text_encoder.state_dict(), language_model_only=True),
                       text_folder / "qwen_2.5_vl_7b.safetensors")
@@ -672,7 +672,7 @@ def test_refiner_node_matches_the_diffusers_pipeline(stage, tmp_path):
     try:
         text_encoder, = NODES["MMDiTTextEncoderLoader"]().load("qwen_2.5_vl_7b.safetensors", "HunyuanImage 2.1",
                                                                "byt5_small_glyphxl.safetensors")
-        vae, = NODES["MMDiTVAELoader"]().load("hunyuan_image_2.1_refiner_vae.safetensors")
+        vae, = NODES["MMDiTVAELoader"]().load("hunyuan_image_refiner_vae_fp16.safetensors")
         model, = NODES["MMDiTModelLoader"]().load("hunyuanimage-refiner.safetensors")
         prompt, seed = "a watercolor painting of mountains at sunrise", 4321
         images = sharp_image(2, 48, 80, seed=9)

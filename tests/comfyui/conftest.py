@@ -54,7 +54,6 @@ def write_hunyuan_image_files(models):
     write_tiny_component("text_encoders", models / "text_encoders" / "byt5_small_glyphxl_fp16.safetensors")
     write_tiny_component("vae", models / "vae" / "hunyuan_image_2.1_vae_fp16.safetensors")
     write_tiny_component("diffusion_models", dit / "hunyuanimage2.1_refiner_bf16.safetensors")
-    write_tiny_component("vae", models / "vae" / "hunyuan_image_2.1_refiner_vae_fp16.safetensors")
     # The refiner VAE under Comfy-Org's name (split_files/vae), which the shipped workflows use.
     write_tiny_component("vae", models / "vae" / "hunyuan_image_refiner_vae_fp16.safetensors")
 

@@ -15,7 +15,7 @@ def base_then_refiner(width=64, height=96) -> dict:
     workflow["6"]["inputs"].update(steps=2, seed=5)  # tiny random models: a pipeline check
     workflow["10"] = {"class_type": "MMDiTModelLoader", "inputs": {
         "model_name": "hunyuanimage2.1_refiner_bf16.safetensors", "weight_dtype": "default", "attention": "auto"}}
-    workflow["11"] = {"class_type": "MMDiTVAELoader", "inputs": {"vae_name": "hunyuan_image_2.1_refiner_vae_fp16.safetensors"}}
+    workflow["11"] = {"class_type": "MMDiTVAELoader", "inputs": {"vae_name": "hunyuan_image_refiner_vae_fp16.safetensors"}}
     workflow["12"] = {"class_type": "MMDiTRefiner", "inputs": {
         "model": ["10", 0], "text_encoder": ["2", 0], "refiner_vae": ["11", 0], "prompt": "a quiet lake at dawn",
         "seed": 1, "steps": 2, "guidance": 3.25, "condition_noise": 0.25, "samples": ["6", 0], "vae": ["7", 0]}}
