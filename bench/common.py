@@ -114,10 +114,12 @@ def interleaved_times(fns: dict, repeats: int = 7, warmup: int = 1) -> dict[str,
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def paired_times(fns: dict, reference: str, repeats: int, warmup: int = 1) -> dict[str, tuple[dict, dict]]:
+def paired_times(fns: dict, reference: str, repeats: int, warmup: int = 1,
+                 samples_out: dict | None = None) -> dict[str, tuple[dict, dict]]:
     """For each clock of CLOCKS: (median time of each callable, median of its ratios to `reference`). Every
     sample of a case is taken right after or right before one of the reference (the order alternating
-    between repeats), and the ratio is of that pair."""
+    between repeats), and the ratio is of that pair. `samples_out`, if given, receives every sample:
+    {clock: {name: [seconds, ...]}}."""
     def timed(fn):
         start = {clock: read() for clock, read in CLOCKS.items()}
         fn()
@@ -138,6 +140,8 @@ def paired_times(fns: dict, reference: str, repeats: int, warmup: int = 1) -> di
                 samples[clock][reference].append(t_ref[clock])
                 samples[clock][name].append(t[clock])
                 ratios[clock][name].append(t[clock] / t_ref[clock])
+    if samples_out is not None:
+        samples_out.update(samples)
     return {clock: ({name: statistics.median(v) for name, v in samples[clock].items()},
                     {reference: 1.0, **{name: statistics.median(v) for name, v in ratios[clock].items()}})
             for clock in CLOCKS}
