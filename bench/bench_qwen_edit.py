@@ -56,13 +56,11 @@ import argparse
 import json
 import math
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from common import MEMORY_ENV, import_pack, main_or_memory_child, run_child
+from common import MEMORY_ENV, cuda_peak_extra_mb, import_pack, main_or_memory_child, paired_times, run_child
 
 import_pack()
 
@@ -224,47 +222,6 @@ def build(which: str):
     case, layers = which.split(",")
     setting = cpu_setting(int(layers))
     return case_forward(build_model(setting), setting, case)
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def paired_times(fns: dict, reference: str, repeats: int, warmup: int = 1) -> dict[str, tuple[dict, dict]]:
-    """For each clock of CLOCKS: (median time of each callable, median of its ratios to `reference`). Every
-    sample of a case is taken right after or right before one of the reference (the order alternating
-    between repeats), and the ratio is of that pair."""
-    def timed(fn):
-        start = {clock: read() for clock, read in CLOCKS.items()}
-        fn()
-        return {clock: read() - start[clock] for clock, read in CLOCKS.items()}
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {clock: {name: [] for name in fns} for clock in CLOCKS}
-    ratios = {clock: {name: [] for name in fns if name != reference} for clock in CLOCKS}
-    for repeat in range(repeats):
-        for name in ratios["wall"]:
-            if repeat % 2:
-                t, t_ref = timed(fns[name]), timed(fns[reference])
-            else:
-                t_ref, t = timed(fns[reference]), timed(fns[name])
-            for clock in CLOCKS:
-                samples[clock][reference].append(t_ref[clock])
-                samples[clock][name].append(t[clock])
-                ratios[clock][name].append(t[clock] / t_ref[clock])
-    return {clock: ({name: statistics.median(v) for name, v in samples[clock].items()},
-                    {reference: 1.0, **{name: statistics.median(v) for name, v in ratios[clock].items()}})
-            for clock in CLOCKS}
-
-
-def cuda_peak_extra_mb(fn) -> float:
-    """Peak allocated CUDA memory above the current level during one call of `fn` (MB); `fn` has run before."""
-    torch.cuda.synchronize()
-    baseline = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    return (torch.cuda.max_memory_allocated() - baseline) / 2 ** 20
 
 
 # --- the report --------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: package import, peak-memory probes and robust timing.
+"""Shared helpers for the benchmarks: package import, peak-memory probes (resident and CUDA) and robust
+timing (interleaved, or paired ratios on wall and CPU time).
 
 Benchmarks report ratios against a reference measured in the same run (these machines are noisy) and
 never assert on time.
@@ -106,3 +107,52 @@ def interleaved_times(fns: dict, repeats: int = 7, warmup: int = 1) -> dict[str,
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+# Process CPU time counts the work of this process's threads (OMP_WAIT_POLICY=PASSIVE: waiting threads do not
+# spin), which other jobs on a shared machine hardly change while they stretch wall time.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def paired_times(fns: dict, reference: str, repeats: int, warmup: int = 1,
+                 samples_out: dict | None = None) -> dict[str, tuple[dict, dict]]:
+    """For each clock of CLOCKS: (median time of each callable, median of its ratios to `reference`). Every
+    sample of a case is taken right after or right before one of the reference (the order alternating
+    between repeats), and the ratio is of that pair. `samples_out`, if given, receives every sample:
+    {clock: {name: [seconds, ...]}}."""
+    def timed(fn):
+        start = {clock: read() for clock, read in CLOCKS.items()}
+        fn()
+        return {clock: read() - start[clock] for clock, read in CLOCKS.items()}
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {clock: {name: [] for name in fns} for clock in CLOCKS}
+    ratios = {clock: {name: [] for name in fns if name != reference} for clock in CLOCKS}
+    for repeat in range(repeats):
+        for name in ratios["wall"]:
+            if repeat % 2:
+                t, t_ref = timed(fns[name]), timed(fns[reference])
+            else:
+                t_ref, t = timed(fns[reference]), timed(fns[name])
+            for clock in CLOCKS:
+                samples[clock][reference].append(t_ref[clock])
+                samples[clock][name].append(t[clock])
+                ratios[clock][name].append(t[clock] / t_ref[clock])
+    if samples_out is not None:
+        samples_out.update(samples)
+    return {clock: ({name: statistics.median(v) for name, v in samples[clock].items()},
+                    {reference: 1.0, **{name: statistics.median(v) for name, v in ratios[clock].items()}})
+            for clock in CLOCKS}
+
+
+def cuda_peak_extra_mb(fn) -> float:
+    """Peak allocated CUDA memory above the current level during one call of `fn` (MB); `fn` has run before."""
+    import torch
+
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return (torch.cuda.max_memory_allocated() - baseline) / 2 ** 20
