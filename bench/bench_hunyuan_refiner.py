@@ -1,6 +1,6 @@
 """HunyuanImage 2.1 refine stage: ours vs diffusers, same random weights, at 3 sizes (one non-square).
 
-Three parts, each timed and measured on both sides:
+Four parts, each timed and measured on both sides:
 * refine: the stage's loop in the network's latent space, the official 4 steps. Ours: refiner_noise,
   condition_latent and refine() (model_defs/hunyuan_image/refiner.py) on our HunyuanImageTransformer at the
   refiner variant; diffusers: HunyuanImageRefinerPipeline given the packed conditioning latent and the
@@ -11,6 +11,9 @@ Three parts, each timed and measured on both sides:
   no mask (text.encode_refiner stops at the longest row), diffusers the same tokens padded to its fixed 256
   with a mask (its encode_prompt). Per-step time = loop time / 4. The printed difference of the refined
   latents checks that both sides computed the same thing (same seed, same noise draws).
+* refine_same_text: the same, diffusers given the same TEXT_TOKENS tokens (an all-ones mask), so the
+  ratio is of the implementations alone; "refine" adds diffusers' padding (176 padded tokens, 14-21% of
+  its joint sequence at the CPU sizes, 1-4% at the CUDA ones).
 * encode / decode: the refiner VAE, ours (model_defs/hunyuan_image/refiner_vae.py: HunyuanImageRefinerVAE,
   2-D convs with the three temporal taps summed) vs diffusers' AutoencoderKLHunyuanImageRefiner (3-D causal
   convs over the replicated frame), the posterior mean of an image in [-1, 1] and the decode of a latent,
@@ -35,9 +38,15 @@ costs the same, so the ratio holds for the published 20 + 40), bf16, the refiner
 CUDA syncs, paired as on the CPU; memory: torch.cuda.max_memory_allocated above the allocated level before
 one call, in the same process. The CPU path never touches CUDA.
 
+max |d| is the largest difference of the two sides' outputs (fp32 CPU: about 1e-6). In bf16 (CUDA) it is
+mostly diffusers' own rounding: its refiner pipeline forms the embedded guidance in the model's dtype
+(3.5 * 1000 = 3504 in bf16), ours in float32 (3500). Measured on the CPU at hidden 256, one bf16 forward
+against diffusers' fp32 one: diffusers 0.34 rms (outputs of rms 1.1), ours 0.13, and diffusers given 3500
+also 0.13.
+
 Prints a table and, last, one JSON line with every figure. Never asserts on time.
 
-    .venv/bin/python bench/bench_hunyuan_refiner.py [PART ...] [--repeats N]   # CPU, about 8 minutes on 2 cores
+    .venv/bin/python bench/bench_hunyuan_refiner.py [PART ...] [--repeats N]   # CPU, 9 minutes on 2 idle cores
     .venv/bin/python bench/bench_hunyuan_refiner.py --device cuda [--layers 2] [PART ...]
 """
 
@@ -68,7 +77,8 @@ from comfyui_mmdit.model_defs.hunyuan_image.transformer import (  # noqa: E402
 from comfyui_mmdit.model_defs.ops import StandaloneOps  # noqa: E402
 from comfyui_mmdit.tools.tiny_models import randomise_refiner_vae_  # noqa: E402
 
-PARTS = ("refine", "encode", "decode")
+PARTS = ("refine", "refine_same_text", "encode", "decode")
+REFINE_PARTS = ("refine", "refine_same_text")
 SIDES = ("ours", "diffusers")
 TEXT_TOKENS = 80  # a prompt of about 80 tokens after the refiner template's 36-token drop
 DIFFUSERS_TEXT_TOKENS = 256  # diffusers' refiner pads every prompt to this (tokenizer_max_length)
@@ -150,14 +160,17 @@ def ours_dit(reference, setting: Setting) -> HunyuanImageTransformer:
     return ours.eval()
 
 
-def refine_inputs(setting: Setting, size: str) -> dict:
+def refine_inputs(setting: Setting, size: str, part: str = "refine") -> dict:
+    """The packed conditioning latent and the text of each side: for "refine" diffusers gets its own padded
+    256 tokens with a mask, for "refine_same_text" the same TEXT_TOKENS tokens as ours (an all-ones mask)."""
     height, width = setting.sizes[size]
     g = torch.Generator().manual_seed(1)
     latent = torch.randn(1, refiner.VAE_LATENT_CHANNELS, 1, height // 16, width // 16, generator=g)
     context = torch.randn(1, TEXT_TOKENS, setting.dit.context_dim, generator=g)
-    padded = torch.zeros(1, DIFFUSERS_TEXT_TOKENS, setting.dit.context_dim)
+    length = DIFFUSERS_TEXT_TOKENS if part == "refine" else TEXT_TOKENS
+    padded = torch.zeros(1, length, setting.dit.context_dim)
     padded[:, :TEXT_TOKENS] = context
-    mask = torch.zeros(1, DIFFUSERS_TEXT_TOKENS, dtype=torch.long)
+    mask = torch.zeros(1, length, dtype=torch.long)
     mask[:, :TEXT_TOKENS] = 1
     kw = dict(device=setting.device, dtype=setting.dtype)
     return dict(height=height, width=width, packed=refiner.pack_latent(latent).to(**kw), context=context.to(**kw),
@@ -265,11 +278,11 @@ def vae_call(side: str, part: str, model, setting: Setting, size: str):
 # --- building either side ----------------------------------------------------------------------------------
 def build_side(side: str, part: str, setting: Setting, size: str):
     """The callable of one side of one part at one size (the memory child builds only this)."""
-    if part == "refine":
+    if part in REFINE_PARTS:
         reference = diffusers_dit(setting)
         model = ours_dit(reference, setting) if side == "ours" else reference
         del reference
-        return refine_call(side, model, setting, refine_inputs(setting, size))
+        return refine_call(side, model, setting, refine_inputs(setting, size, part))
     reference = diffusers_vae(setting)
     model = ours_vae(reference) if side == "ours" else reference
     del reference
@@ -278,10 +291,10 @@ def build_side(side: str, part: str, setting: Setting, size: str):
 
 def build_pair(part: str, setting: Setting, sizes) -> dict:
     """{size: {side: callable}}, both sides holding the same weights (built once per part)."""
-    if part == "refine":
+    if part in REFINE_PARTS:
         reference = diffusers_dit(setting)
         ours = ours_dit(reference, setting)
-        made = {size: refine_inputs(setting, size) for size in sizes}
+        made = {size: refine_inputs(setting, size, part) for size in sizes}
         return {size: {"ours": refine_call("ours", ours, setting, made[size]),
                        "diffusers": refine_call("diffusers", reference, setting, made[size])} for size in sizes}
     reference = diffusers_vae(setting)
@@ -340,7 +353,7 @@ def main() -> None:
                 memory = {side: run_child(__file__, "--memory", f"{side},{part},{size}",
                                           env=MEMORY_ENV)["peak_extra_mb"] for side in SIDES}
             height, width = setting.sizes[size]
-            per = refiner.REFINER_SAMPLING.steps if part == "refine" else 1
+            per = refiner.REFINER_SAMPLING.steps if part in REFINE_PARTS else 1
             rows.append(dict(part=part, size=size, height=height, width=width,
                              image_tokens=(height // 16) * (width // 16), max_abs_difference=difference,
                              ours_ms=wall_times["ours"] * 1000 / per, diffusers_ms=wall_times["diffusers"] * 1000 / per,
@@ -362,19 +375,19 @@ def main() -> None:
           f"paired ratios of {time_clock} time); text {TEXT_TOKENS} tokens (diffusers: padded to "
           f"{DIFFUSERS_TEXT_TOKENS}, masked); load average {', '.join(f'{x:.1f}' for x in load)}")
     memory_name = "peak MB" if setting.device == "cpu" else "VRAM MB"
-    header = (f"{'part':7s} {'size':>10s} {'tokens':>6s} {'ours ms':>9s} {'diff. ms':>9s} {'time x':>7s} "
+    header = (f"{'part':16s} {'size':>10s} {'tokens':>6s} {'ours ms':>9s} {'diff. ms':>9s} {'time x':>7s} "
               f"{'best x':>7s} {'wall x':>7s} {'ours ' + memory_name:>13s} {'diff. ' + memory_name:>14s} "
               f"{'mem x':>6s} {'max |d|':>8s}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['part']:7s} {r['size']:>10s} {r['image_tokens']:6d} {r['ours_ms']:9.1f} "
+        print(f"{r['part']:16s} {r['size']:>10s} {r['image_tokens']:6d} {r['ours_ms']:9.1f} "
               f"{r['diffusers_ms']:9.1f} {r['time_ratio']:7.3f} {r['best_ratio']:7.3f} {r['wall_ratio']:7.3f} "
               f"{r['ours_peak_mb']:13.1f} {r['diffusers_peak_mb']:14.1f} {r['memory_ratio']:6.2f} "
               f"{r['max_abs_difference']:8.1e}")
-    print(f"ms: median wall time per call (refine: per step, the 4-step loop / 4); time x: ours/diffusers "
+    print(f"ms: median wall time per call (refine*: per step, the 4-step loop / 4); time x: ours/diffusers "
           f"({time_clock} time, median of paired ratios), best x: of the fastest {time_clock} times, wall x: the "
-          f"wall-time ratio (median of paired ratios); peak: above the level before one call (refine: the "
+          f"wall-time ratio (median of paired ratios); peak: above the level before one call (refine*: the "
           f"4-step loop), weights not counted; max |d|: ours vs diffusers output")
     print(json.dumps(dict(bench="hunyuan_refiner", device=where, dtype=str(setting.dtype), time_clock=time_clock,
                           dit={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(setting.dit).items()},
